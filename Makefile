@@ -1,0 +1,41 @@
+# vitlab — `make help` lists the targets. `make train` and `make test` install what they need first.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+PYTEST_ARGS ?=
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install vitlab (again only when pyproject.toml changes)
+
+train: install ## train the default model (a small ViT) on digits and print test accuracy; extra overrides: ARGS="optim.lr=3e-3"
+	$(BIN)/vitlab-train $(ARGS)
+
+test: install lint ## run ruff and the test suite (PYTEST_ARGS="-k resume" to select)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff check + format check
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: install ## ruff format and autofix
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean: ## remove caches and build files (keeps .venv, data/ and outputs/)
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+.PHONY: help install train test lint format clean

@@ -1,0 +1,1 @@
+"""Command-line entry points (`vitlab-train`, `vitlab-eval`); the only code that reads argv or the environment."""

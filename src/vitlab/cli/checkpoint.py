@@ -1,0 +1,35 @@
+"""Read vitlab checkpoints safely (`weights_only=True`) and recover the config they were trained with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitlab.errors import ConfigError
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint with `weights_only=True`; a clear `ConfigError` if it cannot be read."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such file.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or not a torch file
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"ckpt_path={path} could not be read as a checkpoint ({first_line}). It is corrupt, truncated, or "
+            "not a file written by vitlab-train (outputs/runs/<date>/<time>_train/checkpoints/*.ckpt)."
+        ) from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"ckpt_path={path} is not a Lightning checkpoint (no 'state_dict').")
+    return ckpt
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any] | None:
+    """The resolved run config stored by `ClassificationModule` (None for foreign checkpoints)."""
+    hparams = read_checkpoint(path).get("hyper_parameters") or {}
+    config = hparams.get("config")
+    return config if isinstance(config, dict) else None

@@ -1,0 +1,92 @@
+"""Instantiate what a run is made of (data, model, callbacks, loggers, trainer) from the composed config."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from vitlab.cli.runner import task_overrides
+from vitlab.data.base import ImageDataModule
+from vitlab.models.summary import param_counts, trainable_rows
+from vitlab.training.cost import CostMeter
+from vitlab.training.module import ClassificationModule
+
+log = logging.getLogger("vitlab")
+
+
+def build_datamodule(cfg: DictConfig) -> ImageDataModule:
+    """Instantiate `cfg.data`, prepare it (download only if asked) and build its splits now, so a missing
+    data set is reported before any model is built."""
+    datamodule: ImageDataModule = instantiate(cfg.data, _convert_="all")
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+def build_module(cfg: DictConfig, num_classes: int, model_cfg: DictConfig | None = None) -> ClassificationModule:
+    """The model from `model_cfg` (default `cfg.model`) inside a `ClassificationModule`."""
+    model: nn.Module = instantiate(model_cfg if model_cfg is not None else cfg.model, num_classes=num_classes)
+    module_cfg = OmegaConf.to_container(cfg.module, resolve=True) if cfg.get("module") else {}
+    return ClassificationModule(
+        model=model,
+        num_classes=num_classes,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
+        config={**OmegaConf.to_container(cfg, resolve=True), "_overrides": task_overrides()},
+        **module_cfg,
+    )
+
+
+def _instantiate_named(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a `{name: {_target_: ...}}` group (callbacks, loggers); skip nulls."""
+    if not group:
+        return []
+    return [instantiate(entry, _convert_="all") for entry in group.values() if entry and "_target_" in entry]
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+    callbacks = _instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
+    loggers: list[Logger] = _instantiate_named(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+
+
+def cost_meter(cfg: DictConfig) -> CostMeter:
+    return CostMeter(img_size=int(cfg.data.img_size))
+
+
+def log_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
+    """Send the *resolved* config to every logger once (W&B shows real values, not `${...}`)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(resolved)  # type: ignore[arg-type]
+
+
+def update_wandb_summary(trainer: pl.Trainer, record: dict[str, Any]) -> None:
+    """Put the `results.json` fields into the W&B run summary, so reports can be built from them."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
+            logger.experiment.summary.update({k: v for k, v in record.items() if k != "traceback"})
+
+
+@rank_zero_only
+def print_param_table(model: nn.Module) -> None:
+    """A compact table of trainable and frozen parameters per module."""
+    table = Table(title="parameters", show_footer=True, title_justify="left")
+    counts = param_counts(model)
+    table.add_column("module", footer="total")
+    table.add_column("trainable", justify="right", footer=f"{counts['params/trainable']:,}")
+    table.add_column("frozen", justify="right", footer=f"{counts['params/total'] - counts['params/trainable']:,}")
+    for name, trainable, frozen in trainable_rows(model):
+        table.add_row(name, f"{trainable:,}", f"{frozen:,}")
+    Console(stderr=False).print(table)
+    log.info("trainable without head: %s", f"{counts['params/trainable_no_head']:,}")

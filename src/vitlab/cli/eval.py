@@ -1,0 +1,83 @@
+"""`vitlab-eval ckpt_path=...`: test a checkpoint written by `vitlab-train`; writes its own `results.json`.
+
+The architecture and data come from the config stored in the checkpoint, so a checkpoint is enough:
+
+    vitlab-eval ckpt_path=outputs/runs/<date>/<time>_train/checkpoints/epoch_007.ckpt
+    vitlab-eval ckpt_path=... data=cifar10 data.batch_size=256   # evaluate on another data config
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vitlab.cli.checkpoint import read_checkpoint_config
+from vitlab.cli.components import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    log_config,
+    update_wandb_summary,
+)
+from vitlab.cli.config_dir import config_dir
+from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
+from vitlab.errors import ConfigError
+from vitlab.models.summary import param_counts
+
+log = logging.getLogger("vitlab")
+
+
+def run_config(cfg: DictConfig) -> DictConfig:
+    """`cfg` (trainer, logger, paths) merged with the trained run's model/optim/module, and its data unless
+    `data=` was given; pre-trained weights are not fetched again (the checkpoint holds them)."""
+    saved = read_checkpoint_config(cfg.ckpt_path)
+    if saved is None:
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} holds no vitlab config (it was not written by vitlab-train); "
+            "vitlab-eval cannot rebuild its model."
+        )
+    saved_cfg = OmegaConf.create(saved)
+    merged = cfg.copy()
+    with open_dict(merged):
+        for key in ("model", "optim", "scheduler", "module"):
+            merged[key] = saved_cfg.get(key)
+        if merged.get("data") is None:
+            merged.data = saved_cfg.data
+        merged.model.backbone.weights = "none"
+        merged.seed = saved_cfg.get("seed", 0)
+    return merged
+
+
+def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
+    cfg = run_config(cfg)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule.num_classes)
+    record.update(param_counts(module.model))
+    trainer = build_trainer(cfg)
+    log_config(trainer, cfg)
+    metrics = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True, verbose=False)
+    record.update({k: float(v) for k, v in (metrics[0] if metrics else {}).items()})
+    record["ckpt_path"] = str(cfg.ckpt_path)
+    update_wandb_summary(trainer, record)
+    if trainer.is_global_zero:
+        print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    configure_wandb(cfg)
+    pin_run_dir_for_ddp()
+    return run_task(cfg, evaluate).get("test/acc")
+
+
+def main() -> None:
+    _hydra_main()
+    if Failures.count:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Run one task (a training or evaluation job) with the bookkeeping every run directory needs.
+
+`run_task` writes `config_resolved.yaml` first and `results.json` last, whatever happens in between:
+`status: ok` with the metrics, or `status: failed` with the error. In a multirun a failed job is
+recorded and the sweep goes on; a single run exits non-zero. User errors (`ConfigError`) are printed
+as one paragraph without a traceback; anything else keeps its traceback. W&B runs are always finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from pytorch_lightning.utilities import rank_zero_only
+
+from vitlab.errors import ConfigError, find_config_error
+
+log = logging.getLogger("vitlab")
+
+RESULT_KEYS = (
+    "status",
+    "error",
+    "test/acc",
+    "test/acc_top5",
+    "val/acc",
+    "params/total",
+    "params/trainable",
+    "params/trainable_no_head",
+    "cost/macs_per_image",
+    "cost/peak_mem_mb",
+    "cost/train_img_per_s",
+    "seed",
+    "git_sha",
+    "overrides",
+    "wall_s",
+)
+
+
+class Failures:
+    """Jobs of this process that failed (a multirun exits non-zero at the end if there was any)."""
+
+    count = 0
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def pin_run_dir_for_ddp() -> None:
+    """Make Lightning's DDP re-launch of this script join *this* job's directory, as a single run.
+
+    Lightning starts ranks > 0 by re-running `sys.argv` with `hydra.run.dir=<HydraConfig.run.dir>`. In a
+    multirun that would re-run the whole sweep in a fresh folder; so argv becomes this job's overrides and
+    `run.dir` this job's output directory (see anchors.md, LHT #393).
+    """
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    if is_multirun():
+        sys.argv = [sys.argv[0], *task_overrides()]
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({k: _jsonable(v) for k, v in payload.items()}, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def finish_wandb(exit_code: int) -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def run_task(cfg: DictConfig, task: Callable[[DictConfig, dict[str, Any]], None]) -> dict[str, Any]:
+    """Run `task(cfg, record)`; `record` collects results (metrics, params, cost) as the task goes."""
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    is_rank_zero = rank_zero_only.rank == 0
+    record: dict[str, Any] = {k: None for k in RESULT_KEYS}
+    record.update(seed=cfg.get("seed"), git_sha=git_sha(), overrides=task_overrides(), task=cfg.get("task_name"))
+    results_path = out_dir / "results.json"
+    if is_rank_zero and results_path.exists():
+        raise SystemExit(f"vitlab: {results_path} already exists; refusing to overwrite a finished run.")
+    exit_code = 0
+    try:
+        if is_rank_zero:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        task(cfg, record)
+        record["status"] = "ok"
+    except Exception as exc:  # record every failure; re-raise below unless the sweep must go on
+        exit_code = 1
+        Failures.count += 1
+        user_error = find_config_error(exc)
+        record["status"] = "failed"
+        record["error"] = str(user_error) if user_error else f"{type(exc).__name__}: {exc}"
+        if user_error is None:
+            record["traceback"] = traceback.format_exc()
+        _report(record["error"], user_error is not None)
+    finally:
+        finish_wandb(exit_code)
+        record["wall_s"] = round(time.time() - start, 2)
+        record["run_dir"] = str(out_dir)
+        if is_rank_zero and out_dir.is_dir():
+            write_json(results_path, record)
+    if exit_code and not is_multirun():
+        raise SystemExit(2 if record.get("traceback") is None else 1)
+    return record
+
+
+def _report(message: str, user_error: bool) -> None:
+    if user_error:
+        print(f"\nvitlab: error: {message}\n", file=sys.stderr)
+    else:
+        traceback.print_exc()
+    sys.stderr.flush()
+
+
+def configure_wandb(cfg: DictConfig) -> None:
+    """Run W&B offline when no API key is configured, so a run never blocks on login or network."""
+    loggers = cfg.get("logger") or {}
+    if "wandb" not in loggers:
+        return
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
+    if not has_key and os.environ.get("WANDB_MODE") not in ("online", "offline", "disabled", "dryrun"):
+        log.info("W&B: no API key configured, logging offline (sync later with `wandb sync <run dir>/wandb`).")
+        with open_dict(cfg):
+            cfg.logger.wandb.offline = True
+
+
+def _netrc_has_wandb() -> bool:
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def raise_if_not_found(path: str | None, key: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{key}={path}: no such file.")
+    return p

@@ -1,0 +1,115 @@
+"""`vitlab-train`: fit a model, test its best checkpoint, write `results.json`.
+
+vitlab-train                                  # the default: a small ViT on scikit-learn's digits
+vitlab-train optim.lr=3e-3 data.batch_size=128
+vitlab-train -m optim.lr=1e-3,3e-3 seed=0,1,2 # a sweep: one run directory and results.json per job
+vitlab-train ckpt_path=outputs/runs/<date>/<time>_train/checkpoints/last.ckpt   # resume
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import seed_everything
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from vitlab.cli.components import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    cost_meter,
+    log_config,
+    print_param_table,
+    update_wandb_summary,
+)
+from vitlab.cli.config_dir import config_dir
+from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, raise_if_not_found, run_task
+from vitlab.errors import ConfigError
+from vitlab.models.summary import param_counts
+
+log = logging.getLogger("vitlab")
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """A resumed run must rebuild the architecture it saved; say which overrides made it if not."""
+    path = raise_if_not_found(cfg.get("ckpt_path"), "ckpt_path")
+    if path is None:
+        return
+    from vitlab.cli.checkpoint import read_checkpoint_config
+
+    saved = read_checkpoint_config(path)
+    if saved is not None and saved.get("model") != OmegaConf.to_container(cfg.model, resolve=True):
+        raise ConfigError(
+            f"ckpt_path={path} was trained with another model configuration. Resume with the overrides of the "
+            f"original run: {' '.join(saved.get('_overrides', [])) or '(see its config_resolved.yaml)'}."
+        )
+
+
+def train(cfg: DictConfig, record: dict[str, Any]) -> None:
+    """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
+    seed_everything(cfg.seed, workers=True)
+    check_resume(cfg)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule.num_classes)
+    record.update(param_counts(module.model))
+    print_param_table(module.model)
+    cost = cost_meter(cfg)
+    trainer = build_trainer(cfg, extra_callbacks=[cost])
+    log_config(trainer, cfg)
+    log.info("run directory: %s", cfg.paths.output_dir)
+
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        record["val/acc"] = _best_val(trainer)
+        record["epochs"] = trainer.current_epoch
+        record["world_size"] = trainer.world_size
+        record.update(cost.results(module.device))
+    if cfg.get("test", True):
+        best = _best_checkpoint(trainer)
+        record["best_ckpt"] = best
+        log.info("testing %s", best or "the final weights")
+        metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        record.update({k: float(v) for k, v in (metrics[0] if metrics else {}).items()})
+    update_wandb_summary(trainer, record)
+    if trainer.is_global_zero and record.get("test/acc") is not None:
+        print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
+
+
+def _checkpoint_callback(trainer: Any) -> ModelCheckpoint | None:
+    """The checkpoint callback that tracks a metric (the best model), not the one writing last.ckpt."""
+    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+
+
+def _best_checkpoint(trainer: Any) -> str | None:
+    ckpt = _checkpoint_callback(trainer)
+    return ckpt.best_model_path or None if ckpt is not None else None
+
+
+def _best_val(trainer: Any) -> float | None:
+    ckpt = _checkpoint_callback(trainer)
+    if ckpt is not None and isinstance(ckpt.best_model_score, torch.Tensor):
+        return float(ckpt.best_model_score)
+    value = trainer.callback_metrics.get("val/acc")
+    return float(value) if value is not None else None
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    configure_wandb(cfg)
+    pin_run_dir_for_ddp()
+    record = run_task(cfg, train)
+    return record.get(cfg.get("optimized_metric") or "val/acc")
+
+
+def main() -> None:
+    _hydra_main()
+    if Failures.count:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

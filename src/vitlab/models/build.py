@@ -1,0 +1,52 @@
+"""`build_classifier`: the one place where the model slots are composed, always in the same order.
+
+    backbone(num_classes) -> check_seams -> stem -> pos_embed -> mixer -> step_size -> head -> peft
+
+Each slot is `null` (off) or a factory bound by Hydra (`_partial_: true`): stem, pos_embed, mixer and
+step_size are adapters `(vit) -> vit` that change the built backbone at one seam; `head` is called as
+`head(geo, num_classes)`; `peft` wraps the finished `Classifier`. The order is fixed so that a mixer sees
+the final embedding geometry and step sizes see the final blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from vitlab.models.classifier import Classifier
+from vitlab.models.geometry import TokenGeometry, geometry_of
+from vitlab.models.seams import check_seams
+
+Adapter = Callable[[VisionTransformer], VisionTransformer]
+BackboneFactory = Callable[..., VisionTransformer]
+HeadFactory = Callable[[TokenGeometry, int], nn.Module]
+Peft = Callable[[Classifier], Classifier]
+
+ADAPTER_SLOTS = ("stem", "pos_embed", "mixer", "step_size")
+
+
+def build_classifier(
+    backbone: BackboneFactory,
+    num_classes: int,
+    stem: Adapter | None = None,
+    pos_embed: Adapter | None = None,
+    mixer: Adapter | None = None,
+    step_size: Adapter | None = None,
+    head: HeadFactory | None = None,
+    peft: Peft | None = None,
+) -> Classifier:
+    """Compose a classifier from a backbone factory and the (optional) slots, in the documented order."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    vit = backbone(num_classes=0 if head is not None else num_classes)
+    check_seams(vit)
+    adapters = {"stem": stem, "pos_embed": pos_embed, "mixer": mixer, "step_size": step_size}
+    for slot in ADAPTER_SLOTS:
+        adapter = adapters[slot]
+        if adapter is not None:
+            vit = adapter(vit)
+    head_module = head(geometry_of(vit), num_classes) if head is not None else None
+    model = Classifier(vit, head_module)
+    return peft(model) if peft is not None else model

@@ -1,0 +1,1 @@
+"""Training: the Lightning module (loss, metrics, optimiser hookup) and training callbacks."""

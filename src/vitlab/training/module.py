@@ -1,0 +1,133 @@
+"""`ClassificationModule`: the Lightning module that trains any vitlab model.
+
+It owns training concerns only: the loss (cross-entropy with label smoothing; soft-target cross-entropy
+under Mixup/CutMix), torchmetrics top-1/top-5 per stage, the optimiser and a per-step schedule. The model
+is a plain `nn.Module` built from config; it is not saved in the hyper-parameters (the resolved config is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from vitlab.models.summary import param_counts
+from vitlab.training.optim import build_optimizer, build_scheduler
+
+Batch = tuple[Tensor, Tensor]
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Micro-averaged top-1 and top-5 accuracy (top-5 capped at the class count)."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ClassificationModule(pl.LightningModule):
+    """Supervised image classification.
+
+    Args:
+        model: the classifier (`vitlab.models.build.build_classifier`).
+        num_classes: from the data module.
+        optim: `create_optimizer_v2` arguments (`opt`, `lr`, `weight_decay`, ...).
+        scheduler: `create_scheduler_v2` arguments, or None for a constant learning rate.
+        label_smoothing: for the hard-label loss and inside Mixup's soft targets.
+        mixup: timm `Mixup` arguments; active when `mixup_alpha` or `cutmix_alpha` is positive.
+        compile: `torch.compile` the backbone in place (state-dict keys unchanged).
+        config: the resolved run config, stored in checkpoints so `vitlab-eval` can rebuild the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optim: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        mixup: Mapping[str, Any] | None = None,
+        compile: bool = False,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"], logger=False)
+        self.model = model
+        mixup = dict(mixup or {})
+        self.mixup = None
+        if mixup.get("mixup_alpha", 0) > 0 or mixup.get("cutmix_alpha", 0) > 0:
+            self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=num_classes)
+        self.train_loss: nn.Module = (
+            SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        )
+        self.eval_loss = nn.CrossEntropyLoss()
+        self.train_metrics = accuracy_metrics(num_classes, "train/")
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and hasattr(self.model, "backbone"):
+            self.model.backbone.compile()  # in place: no `_orig_mod.` prefix in checkpoints
+
+    def on_fit_start(self) -> None:
+        counts = param_counts(self.model)
+        for logger in self.loggers:
+            logger.log_metrics({k: float(v) for k, v in counts.items()}, step=0)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        x, y = batch
+        targets: Tensor = y
+        if self.mixup is not None:
+            x, targets = self.mixup(x, y)  # soft targets (B, K); metrics still use the hard labels y
+        logits = self(x)
+        loss = self.train_loss(logits, targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.train_metrics["acc"](logits.detach(), y)
+        self.log("train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", self.eval_loss(logits, y), on_epoch=True, sync_dist=True, prog_bar=stage == "val")
+        metrics.update(logits, y)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.model, self.hparams.optim)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = build_scheduler(
+            optimizer,
+            self.hparams.scheduler,
+            self.trainer.max_epochs,
+            int(self.trainer.estimated_stepping_batches),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
+        # timm schedulers are not torch LRSchedulers: they are told the update count (per-step warmup+decay)
+        scheduler.step_update(num_updates=self.global_step)
+
+    @torch.no_grad()
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self(batch[0]).softmax(dim=-1)

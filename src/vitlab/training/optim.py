@@ -1,0 +1,57 @@
+"""Optimiser and learning-rate schedule from config, through timm's factories.
+
+Weight decay is applied to trainable weight matrices only: biases, norms (ndim <= 1) and every name a
+module lists in `no_weight_decay()` (timm: `pos_embed`, `cls_token`; vitlab adapters: step sizes) are
+exempt. Frozen parameters never reach the optimiser.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
+from torch import nn
+from torch.optim import Optimizer
+
+from vitlab.errors import ConfigError
+
+
+def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> Optimizer:
+    """`timm.optim.create_optimizer_v2` on the trainable parameters, with the decay rule above."""
+    opts = dict(optim)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("the model has no trainable parameters; check model.freeze and the model/peft slot.")
+    try:
+        return create_optimizer_v2(model, filter_bias_and_bn=True, **opts)
+    except (AssertionError, TypeError, ValueError) as exc:
+        raise ConfigError(f"optim={opts} is not a valid timm optimiser configuration: {exc}") from exc
+
+
+def build_scheduler(optimizer: Optimizer, scheduler: Mapping[str, Any], max_epochs: int, total_steps: int) -> Scheduler:
+    """A timm scheduler stepped per optimiser update (warmup and decay lengths given in epochs).
+
+    Args:
+        scheduler: `create_scheduler_v2` arguments, e.g. `{sched: cosine, warmup_epochs: 5, min_lr: 1e-5}`.
+        max_epochs: the trainer's epoch budget, which the schedule spans.
+        total_steps: optimiser steps in the whole run (Lightning's `estimated_stepping_batches`).
+    """
+    if max_epochs is None or max_epochs < 1:
+        raise ConfigError("scheduler needs trainer.max_epochs >= 1 (the schedule is laid out in epochs).")
+    updates_per_epoch = max(1, math.ceil(total_steps / max_epochs))
+    try:
+        sched, _ = create_scheduler_v2(
+            optimizer,
+            num_epochs=max_epochs,
+            step_on_epochs=False,
+            updates_per_epoch=updates_per_epoch,
+            **scheduler,
+        )
+    except TypeError as exc:
+        raise ConfigError(f"scheduler={dict(scheduler)} has an unknown key: {exc}") from exc
+    if sched is None:
+        raise ConfigError(f"scheduler.sched={scheduler.get('sched')!r} is not a timm scheduler.")
+    return sched

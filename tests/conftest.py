@@ -1,0 +1,75 @@
+"""Shared helpers: compose the real configs, and run the real CLIs in a subprocess on tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+# A ViT small enough to train in seconds on 2 cores: 16 px, patch 4 -> 16 tokens, dim 32, 2 blocks.
+TINY = [
+    "data.img_size=16",
+    "model.backbone.patch_size=4",
+    "model.backbone.embed_dim=32",
+    "model.backbone.depth=2",
+    "model.backbone.num_heads=2",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+]
+
+
+def compose_cfg(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """Compose a config exactly as the CLI would (with the `hydra` node, for `${hydra:...}`)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose(config_name, overrides=overrides or [], return_hydra_config=True)
+
+
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    log_dir: Path
+
+    def results(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.log_dir.rglob("results.json"))]
+
+    def run_dirs(self) -> list[Path]:
+        return sorted(p.parent for p in self.log_dir.rglob("config_resolved.yaml"))
+
+
+def run_cli(
+    command: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None, timeout: int = 600
+) -> CliRun:
+    """`python -m vitlab.cli.<command> <args>` with outputs under `log_dir`; W&B disabled unless set."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"vitlab.cli.{command}", *args, f"paths.log_dir={log_dir}"],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return CliRun(proc.returncode, proc.stdout, proc.stderr, log_dir)
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra() -> None:
+    yield
+    GlobalHydra.instance().clear()

@@ -1,0 +1,88 @@
+"""Data modules: the digits split, image folders, and clear errors for missing data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from vitlab.data.digits import DigitsDataModule
+from vitlab.data.imagefolder import ImageFolderDataModule
+from vitlab.data.splits import stratified_split
+from vitlab.data.torchvision_sets import SPECS, TorchvisionDataModule
+from vitlab.errors import ConfigError
+
+
+def test_digits_split_is_stratified_disjoint_and_deterministic() -> None:
+    labels = load_digits().target
+    train, val, test = DigitsDataModule().split_indices()
+    assert (len(train), len(val), len(test)) == (1257, 180, 360)
+    all_idx = torch.cat([train, val, test])
+    assert len(set(all_idx.tolist())) == len(labels) == 1797  # disjoint and complete
+    for part, frac in ((val, 0.1), (test, 0.2)):
+        counts = np.bincount(labels[part.numpy()], minlength=10)
+        expected = np.bincount(labels, minlength=10) * frac
+        assert np.all(np.abs(counts - expected) <= 1.0), (counts, expected)  # stratified to within one image
+    again = DigitsDataModule().split_indices()
+    assert all(torch.equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+    other = DigitsDataModule(split_seed=1).split_indices()
+    assert not torch.equal(test, other[2])
+
+
+def test_digits_images_are_resized_three_channel_and_normalised() -> None:
+    dm = DigitsDataModule(img_size=24, augment="none")
+    dm.setup()
+    x, _ = dm.test_set[0]
+    assert x.shape == (3, 24, 24) and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+
+
+def test_stratified_split_fractions() -> None:
+    labels = np.repeat(np.arange(4), 50)
+    train, val, test = stratified_split(labels, [0.1, 0.2], seed=3)
+    assert (len(train), len(val), len(test)) == (140, 20, 40)
+    assert np.all(np.bincount(labels[test]) == 10)
+
+
+def test_global_batch_must_divide_over_processes() -> None:
+    class FakeTrainer:
+        world_size = 3
+
+    dm = DigitsDataModule(batch_size=64)
+    dm.trainer = FakeTrainer()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="divisible"):
+        _ = dm.per_device_batch_size
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_missing_torchvision_dataset_says_how_to_get_it(tmp_path, name: str) -> None:
+    dm = TorchvisionDataModule(name=name, root=str(tmp_path), img_size=32)
+    with pytest.raises(ConfigError, match=r"data.download=true") as info:
+        dm.setup()
+    assert str(tmp_path) in str(info.value)
+
+
+def _image_folder(root, splits=("train", "test"), classes=("cat", "dog", "eel"), per_class=4) -> None:
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+
+
+def test_image_folder_derives_classes_and_holds_out_val(tmp_path) -> None:
+    _image_folder(tmp_path, per_class=10)
+    dm = ImageFolderDataModule(root=str(tmp_path), img_size=16, num_workers=0, val_fraction=0.2)
+    assert dm.num_classes == 3
+    assert dm.split_sizes() == {"train": 24, "val": 6, "test": 30}
+    x, _ = dm.val_set[0]
+    assert x.shape == (3, 16, 16)
+
+
+def test_image_folder_missing_split_shows_the_layout(tmp_path) -> None:
+    _image_folder(tmp_path, splits=("train",))
+    with pytest.raises(ConfigError, match=r"no 'test' folder.*<root>/train/<class>"):
+        ImageFolderDataModule(root=str(tmp_path))
