@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import TINY, run_cli
 
 # ~10 s on 2 cores; reaches ~0.8 test accuracy on digits (chance: 0.1)

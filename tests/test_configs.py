@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIGS, TINY, compose_cfg
 from hydra.utils import instantiate
+
+from conftest import CONFIGS, TINY, compose_cfg
 
 # group path (as used in overrides) -> option, for every YAML under configs/ except the two roots
 OPTIONS = sorted(

@@ -42,8 +42,9 @@ def test_backbone_sizes_match_the_vit_formula() -> None:
 
 
 def test_default_preset_size() -> None:
-    from conftest import compose_cfg
     from hydra.utils import instantiate
+
+    from conftest import compose_cfg
 
     model = instantiate(compose_cfg().model, num_classes=10)
     assert param_counts(model)["params/total"] == vit_param_formula(128, 6, 256, 4, 64, 10)
