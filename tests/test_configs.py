@@ -53,6 +53,9 @@ def test_option_composes(group: str, option: str) -> None:
         img = cfg.data.img_size
         out = model(torch.randn(2, 3, img, img))
         assert out.shape == (2, 7) and out.isfinite().all()
+    if group in ("callbacks", "logger"):
+        for entry in (cfg.get(group) or {}).values():
+            assert instantiate(entry) is not None
     if group == "data" and option not in NEEDS_DOWNLOAD:
         dm = instantiate(cfg.data)
         dm.setup()

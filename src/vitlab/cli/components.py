@@ -17,7 +17,6 @@ from torch import nn
 from vitlab.cli.runner import task_overrides
 from vitlab.data.base import ImageDataModule
 from vitlab.models.summary import param_counts, trainable_rows
-from vitlab.training.cost import CostMeter
 from vitlab.training.module import ClassificationModule
 
 log = logging.getLogger("vitlab")
@@ -58,10 +57,6 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = N
     callbacks = _instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
     loggers: list[Logger] = _instantiate_named(cfg.get("logger"))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
-
-
-def cost_meter(cfg: DictConfig) -> CostMeter:
-    return CostMeter(img_size=int(cfg.data.img_size))
 
 
 def log_config(trainer: pl.Trainer, cfg: DictConfig) -> None:

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.utilities import rank_zero_only
 
-from vitlab.errors import ConfigError, find_config_error
+from vitlab.errors import find_config_error
 
 log = logging.getLogger("vitlab")
 
@@ -169,12 +169,3 @@ def _netrc_has_wandb() -> bool:
         return "api.wandb.ai" in netrc.read_text()
     except OSError:
         return False
-
-
-def raise_if_not_found(path: str | None, key: str) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"{key}={path}: no such file.")
-    return p

@@ -17,30 +17,29 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import seed_everything
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from vitlab.cli.checkpoint import read_checkpoint_config
 from vitlab.cli.components import (
     build_datamodule,
     build_module,
     build_trainer,
-    cost_meter,
     log_config,
     print_param_table,
     update_wandb_summary,
 )
 from vitlab.cli.config_dir import config_dir
-from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, raise_if_not_found, run_task
+from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
 from vitlab.errors import ConfigError
 from vitlab.models.summary import param_counts
+from vitlab.training.cost import CostMeter
 
 log = logging.getLogger("vitlab")
 
 
 def check_resume(cfg: DictConfig) -> None:
     """A resumed run must rebuild the architecture it saved; say which overrides made it if not."""
-    path = raise_if_not_found(cfg.get("ckpt_path"), "ckpt_path")
+    path = cfg.get("ckpt_path")
     if path is None:
         return
-    from vitlab.cli.checkpoint import read_checkpoint_config
-
     saved = read_checkpoint_config(path)
     if saved is not None and saved.get("model") != OmegaConf.to_container(cfg.model, resolve=True):
         raise ConfigError(
@@ -57,7 +56,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     module = build_module(cfg, datamodule.num_classes)
     record.update(param_counts(module.model))
     print_param_table(module.model)
-    cost = cost_meter(cfg)
+    cost = CostMeter(img_size=int(cfg.data.img_size))
     trainer = build_trainer(cfg, extra_callbacks=[cost])
     log_config(trainer, cfg)
     log.info("run directory: %s", cfg.paths.output_dir)

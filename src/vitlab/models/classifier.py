@@ -27,10 +27,6 @@ class Classifier(nn.Module):
             return self.backbone.forward_head(tokens)
         return self.head(tokens)
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.head.num_classes if self.head is not None else self.backbone.num_classes)
-
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the classifier head (what PEFT tables leave out of their counts)."""
         head = self.head if self.head is not None else self.backbone.get_classifier()

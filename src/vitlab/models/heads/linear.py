@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
 from vitlab.models.geometry import TokenGeometry
 
 Pool = Literal["token", "avg"]
@@ -15,8 +16,6 @@ Pool = Literal["token", "avg"]
 def pool_tokens(x: Tensor, pool: Pool, num_prefix_tokens: int) -> Tensor:
     """(B, N, C) -> (B, C): the class token, or the mean of the patch tokens (prefix tokens excluded)."""
     if pool == "token":
-        if num_prefix_tokens == 0:
-            raise ValueError("pool='token' needs a class token; this backbone has none (use pool='avg')")
         return x[:, 0]
     return x[:, num_prefix_tokens:].mean(dim=1)
 
@@ -27,8 +26,6 @@ class LinearHead(nn.Module):
     def __init__(self, geo: TokenGeometry, num_classes: int, pool: Pool = "token", drop_rate: float = 0.0):
         super().__init__()
         if pool == "token" and geo.num_prefix_tokens == 0:
-            from vitlab.errors import ConfigError
-
             raise ConfigError("model.head.pool='token' needs a class token; this backbone has none. Use 'avg'.")
         self.pool, self.num_prefix_tokens, self.num_classes = pool, geo.num_prefix_tokens, num_classes
         self.drop = nn.Dropout(drop_rate)

@@ -1,0 +1,80 @@
+"""`ImageDataModule`: what every vitlab data module shares (global batch size, loaders, idempotent setup)."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from vitlab.errors import ConfigError
+
+
+class ImageDataModule(pl.LightningDataModule, abc.ABC):
+    """Base class: subclasses implement `num_classes` and `_build()` returning (train, val, test) sets.
+
+    Args:
+        batch_size: the *global* batch size; each of the `world_size` processes loads `batch_size / world_size`.
+        num_workers: DataLoader worker processes per training process.
+        img_size: side length of the square images the model receives.
+    """
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, img_size: int = 32, pin_memory: bool = False):
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer.")
+        self.batch_size, self.num_workers, self.img_size, self.pin_memory = batch_size, num_workers, img_size, pin_memory
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    @abc.abstractmethod
+    def num_classes(self) -> int:
+        """Number of classes, derived from the data (never typed in two places)."""
+
+    @abc.abstractmethod
+    def _build(self) -> tuple[Dataset, Dataset, Dataset]:
+        """Create the train, validation and test datasets (raise `ConfigError` if the data are missing)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set, self.val_set, self.test_set = self._build()
+
+    @property
+    def per_device_batch_size(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch size and must be divisible by the "
+                f"number of processes ({world})."
+            )
+        return self.batch_size // world
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        assert dataset is not None, "setup() builds the datasets before any loader is made"
+        kwargs: dict[str, Any] = dict(
+            batch_size=self.per_device_batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+        # drop_last keeps every training batch full (Mixup needs an even batch, BatchNorm-free ViTs don't care)
+        drop_last = train and len(dataset) > kwargs["batch_size"]  # type: ignore[arg-type]
+        return DataLoader(dataset, shuffle=train, drop_last=drop_last, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.test_set, train=False)
+
+    def split_sizes(self) -> dict[str, int]:
+        self.setup()
+        sets = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        return {name: len(ds) for name, ds in sets.items()}  # type: ignore[arg-type]

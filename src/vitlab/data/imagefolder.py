@@ -1,0 +1,74 @@
+"""Any image classification data set laid out as class folders: `<root>/{train,val,test}/<class>/<image>`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from vitlab.data.base import ImageDataModule
+from vitlab.data.splits import stratified_split
+from vitlab.data.torchvision_sets import IMAGENET_MEAN, IMAGENET_STD
+from vitlab.data.transforms import build_transform
+from vitlab.errors import ConfigError
+
+LAYOUT = (
+    "<root>/train/<class>/<image>, <root>/test/<class>/<image> and optionally <root>/val/<class>/<image> "
+    "(without val/, `data.val_fraction` of train is held out)"
+)
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Train/val/test class folders; class names and count come from `train/`."""
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        img_size: int = 224,
+        pin_memory: bool = True,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        augment: Mapping[str, Any] | None = None,
+        crop_pct: float = 1.0,
+    ):
+        super().__init__(batch_size, num_workers, img_size, pin_memory)
+        self.root = Path(root)
+        for split in ("train", "test"):
+            if not (self.root / split).is_dir():
+                raise ConfigError(f"data.root={self.root}: no '{split}' folder. Expected layout: {LAYOUT}.")
+        self.classes = sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir())
+        if not self.classes:
+            raise ConfigError(f"data.root={self.root}/train holds no class folders. Expected layout: {LAYOUT}.")
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.train_tf = build_transform(img_size, True, mean, std, augment)
+        self.eval_tf = build_transform(img_size, False, mean, std, crop_pct=crop_pct)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _folder(self, split: str, transform: Any) -> ImageFolder:
+        folder = ImageFolder(str(self.root / split), transform=transform)
+        if folder.classes != self.classes:
+            extra = sorted(set(folder.classes) - set(self.classes))
+            raise ConfigError(
+                f"data.root={self.root}/{split} has classes that train/ lacks ({extra[:5]}); every split must "
+                "use the class folders of train/."
+            )
+        return folder
+
+    def _build(self) -> tuple[Dataset, Dataset, Dataset]:
+        test = self._folder("test", self.eval_tf)
+        if (self.root / "val").is_dir():
+            return self._folder("train", self.train_tf), self._folder("val", self.eval_tf), test
+        train_full = self._folder("train", self.train_tf)
+        train_idx, val_idx = stratified_split(train_full.targets, [self.val_fraction], seed=self.split_seed)
+        val_full = self._folder("train", self.eval_tf)
+        return Subset(train_full, train_idx.tolist()), Subset(val_full, val_idx.tolist()), test

@@ -1,0 +1,118 @@
+"""Standard torchvision data sets (CIFAR, SVHN, Flowers102, Pets, DTD, STL-10) behind one data module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets
+
+from vitlab.data.base import ImageDataModule
+from vitlab.data.splits import stratified_split
+from vitlab.data.transforms import build_transform
+from vitlab.errors import ConfigError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TorchvisionSpec:
+    """How to build one torchvision data set: class, split keyword arguments, class count, sub-folder."""
+
+    cls: Callable[..., Dataset]
+    train: dict[str, Any]
+    test: dict[str, Any]
+    num_classes: int
+    folder: str  # where torchvision puts it under `root`, for the error message
+    val: dict[str, Any] | None = None  # an official validation split, if the data set has one
+    extra: dict[str, Any] | None = None
+
+
+SPECS: dict[str, TorchvisionSpec] = {
+    "cifar10": TorchvisionSpec(datasets.CIFAR10, {"train": True}, {"train": False}, 10, "cifar-10-batches-py"),
+    "cifar100": TorchvisionSpec(datasets.CIFAR100, {"train": True}, {"train": False}, 100, "cifar-100-python"),
+    "svhn": TorchvisionSpec(datasets.SVHN, {"split": "train"}, {"split": "test"}, 10, "train_32x32.mat"),
+    "flowers102": TorchvisionSpec(
+        datasets.Flowers102, {"split": "train"}, {"split": "test"}, 102, "flowers-102", val={"split": "val"}
+    ),
+    "oxford_pets": TorchvisionSpec(
+        datasets.OxfordIIITPet, {"split": "trainval"}, {"split": "test"}, 37, "oxford-iiit-pet",
+        extra={"target_types": "category"},
+    ),
+    "dtd": TorchvisionSpec(datasets.DTD, {"split": "train"}, {"split": "test"}, 47, "dtd", val={"split": "val"}),
+    "stl10": TorchvisionSpec(datasets.STL10, {"split": "train"}, {"split": "test"}, 10, "stl10_binary"),
+}
+
+
+def labels_of(dataset: Dataset) -> np.ndarray:
+    """Labels without decoding images (torchvision keeps them as `targets`, `labels` or `_labels`)."""
+    for attr in ("targets", "labels", "_labels"):
+        if hasattr(dataset, attr):
+            return np.asarray(getattr(dataset, attr))
+    return np.asarray([dataset[i][1] for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
+class TorchvisionDataModule(ImageDataModule):
+    """One of `SPECS`, stored under `root` (`paths.data_dir`); downloads only with `download=true`.
+
+    Data sets without an official validation split hold out `val_fraction` of the training set
+    (stratified, `split_seed`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        download: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 4,
+        img_size: int = 32,
+        pin_memory: bool = True,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        augment: Mapping[str, Any] | None = None,
+        crop_pct: float = 1.0,
+    ):
+        super().__init__(batch_size, num_workers, img_size, pin_memory)
+        if name not in SPECS:
+            raise ConfigError(f"data.name={name!r} is not a torchvision data set vitlab knows; allowed: {sorted(SPECS)}.")
+        self.name, self.spec, self.root, self.download = name, SPECS[name], Path(root), download
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.train_tf = build_transform(img_size, True, mean, std, augment)
+        self.eval_tf = build_transform(img_size, False, mean, std, crop_pct=crop_pct)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def _make(self, split: dict[str, Any], transform: Callable, download: bool = False) -> Dataset:
+        try:
+            return self.spec.cls(str(self.root), **split, **(self.spec.extra or {}), transform=transform, download=download)
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+            raise ConfigError(
+                f"data={self.name}: no usable copy under paths.data_dir={self.root} (expected "
+                f"{self.root / self.spec.folder}; torchvision says: {str(exc).strip()}). Either download it "
+                f"once with `data.download=true` (needs network), or point `paths.data_dir` at the folder that "
+                "holds it."
+            ) from exc
+
+    def prepare_data(self) -> None:
+        if self.download:
+            for split in (self.spec.train, self.spec.test, self.spec.val):
+                if split is not None:
+                    self._make(split, transform=None, download=True)  # type: ignore[arg-type]
+
+    def _build(self) -> tuple[Dataset, Dataset, Dataset]:
+        test = self._make(self.spec.test, self.eval_tf)
+        if self.spec.val is not None:
+            return self._make(self.spec.train, self.train_tf), self._make(self.spec.val, self.eval_tf), test
+        train_full = self._make(self.spec.train, self.train_tf)
+        train_idx, val_idx = stratified_split(labels_of(train_full), [self.val_fraction], seed=self.split_seed)
+        val_full = self._make(self.spec.train, self.eval_tf)
+        return Subset(train_full, train_idx.tolist()), Subset(val_full, val_idx.tolist()), test

@@ -1,0 +1,45 @@
+"""Image transforms through timm's `create_transform`, with augmentation chosen by config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from timm.data import create_transform
+
+from vitlab.errors import ConfigError
+
+# Defaults of `data.augment` for natural-image data sets; every key can be overridden from the CLI.
+DEFAULT_AUGMENT: dict[str, Any] = {
+    "hflip": 0.5,
+    "scale": (0.08, 1.0),  # RandomResizedCrop area range
+    "randaugment": None,  # e.g. "rand-m9-mstd0.5-inc1"
+    "color_jitter": None,
+    "random_erasing": 0.0,  # probability
+}
+
+
+def build_transform(
+    img_size: int,
+    is_training: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: Mapping[str, Any] | None = None,
+    crop_pct: float = 1.0,
+    interpolation: str = "bicubic",
+) -> Callable:
+    """timm's train or eval transform; evaluation resizes to `img_size / crop_pct` then centre-crops."""
+    if not is_training:
+        return create_transform(
+            input_size=img_size, is_training=False, mean=tuple(mean), std=tuple(std), crop_pct=crop_pct,
+            interpolation=interpolation,
+        )
+    opts = {**DEFAULT_AUGMENT, **(augment or {})}
+    unknown = sorted(set(opts) - set(DEFAULT_AUGMENT))
+    if unknown:
+        raise ConfigError(f"data.augment has unknown keys {unknown}; allowed: {sorted(DEFAULT_AUGMENT)}.")
+    return create_transform(
+        input_size=img_size, is_training=True, mean=tuple(mean), std=tuple(std), interpolation=interpolation,
+        hflip=opts["hflip"], vflip=0.0, scale=tuple(opts["scale"]), auto_augment=opts["randaugment"],
+        color_jitter=opts["color_jitter"], re_prob=opts["random_erasing"],
+    )
