@@ -24,7 +24,8 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be a positive integer.")
-        self.batch_size, self.num_workers, self.img_size, self.pin_memory = batch_size, num_workers, img_size, pin_memory
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.img_size, self.pin_memory = img_size, pin_memory
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -55,7 +56,9 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         assert dataset is not None, "setup() builds the datasets before any loader is made"
         kwargs: dict[str, Any] = dict(
-            batch_size=self.per_device_batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            batch_size=self.per_device_batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
         # drop_last keeps every training batch full (Mixup needs an even batch, BatchNorm-free ViTs don't care)

@@ -66,7 +66,7 @@ class DigitsDataModule(ImageDataModule):
         super().__init__(batch_size, num_workers, img_size, pin_memory)
         if augment not in ("none", "light"):
             raise ConfigError(f"data.augment={augment!r} is not an option for digits; allowed: 'none', 'light'.")
-        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+        if min(val_fraction, test_fraction) <= 0 or val_fraction + test_fraction >= 1:
             raise ConfigError(
                 f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be positive and "
                 "sum to less than 1."

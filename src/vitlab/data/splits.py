@@ -8,9 +8,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 
-def stratified_split(
-    labels: Sequence[int] | np.ndarray, fractions: Sequence[float], seed: int = 0
-) -> list[np.ndarray]:
+def stratified_split(labels: Sequence[int] | np.ndarray, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
     """Split indices 0..N-1 into len(fractions)+1 parts: the given fractions of N, then the rest first.
 
     `stratified_split(y, [0.1, 0.2])` returns (train, val, test) with 70/10/20 % of every class (up to

@@ -40,7 +40,11 @@ SPECS: dict[str, TorchvisionSpec] = {
         datasets.Flowers102, {"split": "train"}, {"split": "test"}, 102, "flowers-102", val={"split": "val"}
     ),
     "oxford_pets": TorchvisionSpec(
-        datasets.OxfordIIITPet, {"split": "trainval"}, {"split": "test"}, 37, "oxford-iiit-pet",
+        datasets.OxfordIIITPet,
+        {"split": "trainval"},
+        {"split": "test"},
+        37,
+        "oxford-iiit-pet",
         extra={"target_types": "category"},
     ),
     "dtd": TorchvisionSpec(datasets.DTD, {"split": "train"}, {"split": "test"}, 47, "dtd", val={"split": "val"}),
@@ -81,7 +85,7 @@ class TorchvisionDataModule(ImageDataModule):
     ):
         super().__init__(batch_size, num_workers, img_size, pin_memory)
         if name not in SPECS:
-            raise ConfigError(f"data.name={name!r} is not a torchvision data set vitlab knows; allowed: {sorted(SPECS)}.")
+            raise ConfigError(f"data.name={name!r} is not a data set vitlab knows; allowed: {sorted(SPECS)}.")
         self.name, self.spec, self.root, self.download = name, SPECS[name], Path(root), download
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.train_tf = build_transform(img_size, True, mean, std, augment)
@@ -93,7 +97,8 @@ class TorchvisionDataModule(ImageDataModule):
 
     def _make(self, split: dict[str, Any], transform: Callable, download: bool = False) -> Dataset:
         try:
-            return self.spec.cls(str(self.root), **split, **(self.spec.extra or {}), transform=transform, download=download)
+            extra = self.spec.extra or {}
+            return self.spec.cls(str(self.root), **split, **extra, transform=transform, download=download)
         except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
             raise ConfigError(
                 f"data={self.name}: no usable copy under paths.data_dir={self.root} (expected "

@@ -31,7 +31,11 @@ def build_transform(
     """timm's train or eval transform; evaluation resizes to `img_size / crop_pct` then centre-crops."""
     if not is_training:
         return create_transform(
-            input_size=img_size, is_training=False, mean=tuple(mean), std=tuple(std), crop_pct=crop_pct,
+            input_size=img_size,
+            is_training=False,
+            mean=tuple(mean),
+            std=tuple(std),
+            crop_pct=crop_pct,
             interpolation=interpolation,
         )
     opts = {**DEFAULT_AUGMENT, **(augment or {})}
@@ -39,7 +43,15 @@ def build_transform(
     if unknown:
         raise ConfigError(f"data.augment has unknown keys {unknown}; allowed: {sorted(DEFAULT_AUGMENT)}.")
     return create_transform(
-        input_size=img_size, is_training=True, mean=tuple(mean), std=tuple(std), interpolation=interpolation,
-        hflip=opts["hflip"], vflip=0.0, scale=tuple(opts["scale"]), auto_augment=opts["randaugment"],
-        color_jitter=opts["color_jitter"], re_prob=opts["random_erasing"],
+        input_size=img_size,
+        is_training=True,
+        mean=tuple(mean),
+        std=tuple(std),
+        interpolation=interpolation,
+        hflip=opts["hflip"],
+        vflip=0.0,
+        scale=tuple(opts["scale"]),
+        auto_augment=opts["randaugment"],
+        color_jitter=opts["color_jitter"],
+        re_prob=opts["random_erasing"],
     )
