@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
 from conftest import CONFIGS, TINY, compose_cfg
 
@@ -43,7 +44,7 @@ def test_there_are_options_in_every_core_group() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes(group: str, option: str) -> None:
+def test_option_composes(group: str, option: str, tmp_path) -> None:
     cfg = compose_cfg([f"{group}={option}"])
     assert cfg.model._target_ == "vitlab.models.build.build_classifier"
     if group in MODEL_GROUPS:
@@ -54,6 +55,8 @@ def test_option_composes(group: str, option: str) -> None:
         out = model(torch.randn(2, 3, img, img))
         assert out.shape == (2, 7) and out.isfinite().all()
     if group in ("callbacks", "logger"):
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path)  # outside a Hydra run there is no ${hydra:runtime.output_dir}
         for entry in (cfg.get(group) or {}).values():
             assert instantiate(entry) is not None
     if group == "data" and option not in NEEDS_DOWNLOAD:
