@@ -98,6 +98,15 @@ def test_ddp_cpu_trains_two_processes_into_one_run(tmp_path) -> None:
     assert len(run.run_dirs()) == 1 and len(list(tmp_path.rglob("*_train"))) == 1
 
 
+def test_ddp_inside_a_sweep_keeps_one_directory_per_job(tmp_path) -> None:
+    """Lightning re-launches the script for rank 1; in a sweep it must join the job, not re-run the sweep."""
+    run = run_cli("train", ["-m", *TINY, "trainer=ddp_cpu", "seed=0,1"], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = run.results()
+    assert [r["status"] for r in results] == ["ok", "ok"] and {r["world_size"] for r in results} == {2}
+    assert len(run.run_dirs()) == 2 and not (tmp_path / "runs").exists()
+
+
 def test_bf16_mixed_on_cpu_trains(tmp_path) -> None:
     run = run_cli("train", [*TINY, "trainer.precision=bf16-mixed"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -86,6 +86,23 @@ def pin_run_dir_for_ddp() -> None:
         sys.argv = [sys.argv[0], *task_overrides()]
 
 
+# Set by Lightning's DDP launcher in the launching process; a later job of the same sweep must start clean.
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def reset_distributed(env_before: dict[str, str | None]) -> None:
+    """Tear down this job's process group and DDP variables, so the next multirun job launches its own."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in env_before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()
@@ -117,6 +134,7 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig, dict[str, Any]], None]
     if is_rank_zero and results_path.exists():
         raise SystemExit(f"vitlab: {results_path} already exists; refusing to overwrite a finished run.")
     exit_code = 0
+    env_before = {key: os.environ.get(key) for key in DDP_ENV}
     try:
         if is_rank_zero:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +152,8 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig, dict[str, Any]], None]
         _report(record["error"], user_error is not None)
     finally:
         finish_wandb(exit_code)
+        if is_multirun():
+            reset_distributed(env_before)
         record["wall_s"] = round(time.time() - start, 2)
         record["run_dir"] = str(out_dir)
         if is_rank_zero and out_dir.is_dir():
