@@ -6,11 +6,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from vitlab.data.base import ImageDataModule
-from vitlab.data.splits import stratified_split
+from vitlab.data.splits import hold_out_val
 from vitlab.data.torchvision_sets import IMAGENET_MEAN, IMAGENET_STD
 from vitlab.data.transforms import build_transform
 from vitlab.errors import ConfigError
@@ -68,7 +68,5 @@ class ImageFolderDataModule(ImageDataModule):
         test = self._folder("test", self.eval_tf)
         if (self.root / "val").is_dir():
             return self._folder("train", self.train_tf), self._folder("val", self.eval_tf), test
-        train_full = self._folder("train", self.train_tf)
-        train_idx, val_idx = stratified_split(train_full.targets, [self.val_fraction], seed=self.split_seed)
-        val_full = self._folder("train", self.eval_tf)
-        return Subset(train_full, train_idx.tolist()), Subset(val_full, val_idx.tolist()), test
+        train, train_eval = self._folder("train", self.train_tf), self._folder("train", self.eval_tf)
+        return (*hold_out_val(train, train_eval, train.targets, self.val_fraction, self.split_seed), test)

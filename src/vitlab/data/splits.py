@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset, Subset
 
 
 def stratified_split(labels: Sequence[int] | np.ndarray, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
@@ -28,3 +29,15 @@ def stratified_split(labels: Sequence[int] | np.ndarray, fractions: Sequence[flo
         remaining -= frac
         parts.append(np.sort(part))
     return [np.sort(rest), *parts]
+
+
+def hold_out_val(
+    train: Dataset, train_eval: Dataset, labels: Sequence[int] | np.ndarray, fraction: float, seed: int
+) -> tuple[Subset, Subset]:
+    """Carve a stratified validation split out of a training set.
+
+    `train` and `train_eval` are the same images with training and evaluation transforms; the held-out
+    part is read through `train_eval`, so validation images are never augmented.
+    """
+    train_idx, val_idx = stratified_split(labels, [fraction], seed=seed)
+    return Subset(train, train_idx.tolist()), Subset(train_eval, val_idx.tolist())

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision import datasets
 
 from vitlab.data.base import ImageDataModule
-from vitlab.data.splits import stratified_split
+from vitlab.data.splits import hold_out_val
 from vitlab.data.transforms import build_transform
 from vitlab.errors import ConfigError
 
@@ -117,7 +117,6 @@ class TorchvisionDataModule(ImageDataModule):
         test = self._make(self.spec.test, self.eval_tf)
         if self.spec.val is not None:
             return self._make(self.spec.train, self.train_tf), self._make(self.spec.val, self.eval_tf), test
-        train_full = self._make(self.spec.train, self.train_tf)
-        train_idx, val_idx = stratified_split(labels_of(train_full), [self.val_fraction], seed=self.split_seed)
-        val_full = self._make(self.spec.train, self.eval_tf)
-        return Subset(train_full, train_idx.tolist()), Subset(val_full, val_idx.tolist()), test
+        train = self._make(self.spec.train, self.train_tf)
+        train_eval = self._make(self.spec.train, self.eval_tf)
+        return (*hold_out_val(train, train_eval, labels_of(train), self.val_fraction, self.split_seed), test)
