@@ -9,11 +9,22 @@ from omegaconf import open_dict
 
 from conftest import CONFIGS, TINY, compose_cfg
 
+# groups whose options live in sub-folders, selected with a path: experiment=vix/vit
+PATH_OPTION_GROUPS = ("experiment", "paper")
+# nested groups, selected inside an option of their parent: model/mixer=softmax model/mixer/kernel=nystrom
+PARENT_OF_NESTED = {"model/mixer/kernel": "model/mixer=softmax"}
+
+
+def _group_and_option(path) -> tuple[str, str]:
+    rel = path.relative_to(CONFIGS).with_suffix("")
+    if rel.parts[0] in PATH_OPTION_GROUPS:
+        return rel.parts[0], "/".join(rel.parts[1:])
+    return str(rel.parent), rel.name
+
+
 # group path (as used in overrides) -> option, for every YAML under configs/ except the two roots
 OPTIONS = sorted(
-    (str(p.parent.relative_to(CONFIGS)), p.stem)
-    for p in CONFIGS.rglob("*.yaml")
-    if p.parent != CONFIGS and p.parent.name != "hydra"
+    _group_and_option(p) for p in CONFIGS.rglob("*.yaml") if p.parent != CONFIGS and p.parent.name != "hydra"
 )
 # groups whose options are whole-model slots: instantiate and run them too
 MODEL_GROUPS = {
@@ -21,6 +32,7 @@ MODEL_GROUPS = {
     "model/stem",
     "model/pos_embed",
     "model/mixer",
+    "model/mixer/kernel",
     "model/step_size",
     "model/head",
     "model/peft",
@@ -45,11 +57,12 @@ def test_there_are_options_in_every_core_group() -> None:
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes(group: str, option: str, tmp_path) -> None:
-    cfg = compose_cfg([f"{group}={option}"])
+    parent = [PARENT_OF_NESTED[group]] if group in PARENT_OF_NESTED else []
+    cfg = compose_cfg([*parent, f"{group}={option}"])
     assert cfg.model._target_ == "vitlab.models.build.build_classifier"
     if group in MODEL_GROUPS:
         size = ["data.img_size=32"] if option in ("vit_tiny", "vit_small", "vit_base") else []
-        cfg = compose_cfg([f"{group}={option}", *size] + ([] if size else TINY[:5]))
+        cfg = compose_cfg([*parent, f"{group}={option}", *size] + ([] if size else TINY[:5]))
         model = instantiate(cfg.model, num_classes=7)
         img = cfg.data.img_size
         out = model(torch.randn(2, 3, img, img))

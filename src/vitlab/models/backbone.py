@@ -28,6 +28,8 @@ def create_backbone(
     class_token: bool | None = None,
     global_pool: str | None = None,
     drop_rate: float = 0.0,
+    pos_drop_rate: float = 0.0,
+    proj_drop_rate: float = 0.0,
     attn_drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     dynamic_img_size: bool | None = None,
@@ -38,6 +40,9 @@ def create_backbone(
         name: a timm ViT architecture, e.g. `vit_tiny_patch16_224`.
         num_classes: classes of timm's own head; 0 removes it (a head slot then classifies).
         weights: `none` | `hub:<name.tag>` (timm download) | `file:<path>`; see `vitlab.models.weights`.
+        drop_rate / pos_drop_rate / proj_drop_rate / attn_drop_rate / drop_path_rate: timm's dropouts on
+            the pooled features, after the position embedding, after attention and MLP projections, on the
+            attention matrix, and stochastic depth.
     """
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
@@ -60,6 +65,8 @@ def create_backbone(
     kwargs = dict(
         num_classes=num_classes,
         drop_rate=drop_rate,
+        pos_drop_rate=pos_drop_rate,
+        proj_drop_rate=proj_drop_rate,
         attn_drop_rate=attn_drop_rate,
         drop_path_rate=drop_path_rate,
         **overrides,

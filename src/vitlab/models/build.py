@@ -1,11 +1,12 @@
 """`build_classifier`: the one place where the model slots are composed, always in the same order.
 
-    backbone(num_classes) -> check_seams -> stem -> pos_embed -> mixer -> step_size -> head -> peft
+    backbone(num_classes) -> check_seams -> stem -> mixer -> pos_embed -> step_size -> head -> peft
 
-Each slot is `null` (off) or a factory bound by Hydra (`_partial_: true`): stem, pos_embed, mixer and
+Each slot is `null` (off) or a factory bound by Hydra (`_partial_: true`): stem, mixer, pos_embed and
 step_size are adapters `(vit) -> vit` that change the built backbone at one seam; `head` is called as
-`head(geo, num_classes)`; `peft` wraps the finished `Classifier`. The order is fixed so that a mixer sees
-the final embedding geometry and step sizes see the final blocks.
+`head(geo, num_classes)`; `peft` wraps the finished `Classifier`. The order is fixed: a mixer sees the final
+token geometry (a Linformer's sequence length), RoPE is installed into the final mixers (and rejects
+mixers without queries and keys), and step sizes see the final blocks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ BackboneFactory = Callable[..., VisionTransformer]
 HeadFactory = Callable[[TokenGeometry, int], nn.Module]
 Peft = Callable[[Classifier], Classifier]
 
-ADAPTER_SLOTS = ("stem", "pos_embed", "mixer", "step_size")
+ADAPTER_SLOTS = ("stem", "mixer", "pos_embed", "step_size")
 
 
 def build_classifier(

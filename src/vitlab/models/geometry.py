@@ -33,7 +33,7 @@ def geometry_of(vit: VisionTransformer) -> TokenGeometry:
     grid = tuple(int(g) for g in vit.patch_embed.grid_size)
     return TokenGeometry(
         dim=int(vit.embed_dim),
-        num_heads=int(vit.blocks[0].attn.num_heads),
+        num_heads=int(getattr(vit.blocks[0].attn, "num_heads", 1)),  # FNet / MLP-Mixer mixers have no heads
         depth=len(vit.blocks),
         grid_size=(grid[0], grid[1]),
         num_prefix_tokens=int(vit.num_prefix_tokens),

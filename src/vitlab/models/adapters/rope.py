@@ -1,0 +1,104 @@
+"""Rotary position embedding (RoPE; Su et al. 2021, eq. 34) for the `model/pos_embed` slot.
+
+Rotating q and k by position-dependent angles makes q·k depend only on the offset between positions.
+- `rope1d` (ViX): positions 0…N−1 over the flattened sequence, class token included, base 10000, channel
+  pairs (2i, 2i+1) rotated by θᵢ = base^(−2i/d) (ViX's `rotate_every_two`).
+- `rope2d` (axial): half the channels rotate with the patch row, half with the column; prefix tokens
+  (class, registers) are not rotated.
+The adapter removes timm's learned position embedding and installs the rotation in every block's mixer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from timm.models.vision_transformer import Attention, VisionTransformer
+from torch import Tensor, nn
+
+from vitlab.errors import ConfigError
+from vitlab.models.adapters.pos_embed import remove_pos_embed
+from vitlab.models.geometry import TokenGeometry, geometry_of
+from vitlab.models.mixers.install import attention_like, copy_projections
+from vitlab.models.mixers.softmax import SoftmaxKernel
+
+RopeKind = Literal["1d", "2d"]
+
+
+def rotate_pairs(x: Tensor) -> Tensor:
+    """(x₀, x₁, x₂, x₃, …) -> (−x₁, x₀, −x₃, x₂, …): multiplication by i on each channel pair."""
+    pairs = x.unflatten(-1, (-1, 2))
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+
+def pair_angles(positions: Tensor, channels: int, base: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(N,) positions -> (N, channels) angles, equal within each channel pair."""
+    inv_freq = base ** (-torch.arange(0, channels, 2, dtype=dtype, device=positions.device) / channels)
+    return (positions.to(dtype)[:, None] * inv_freq).repeat_interleave(2, dim=-1)
+
+
+class Rotary(nn.Module):
+    """Rotates (B, H, N, D) queries and keys; holds no parameters and no state-dict entries."""
+
+    def __init__(self, head_dim: int, geo: TokenGeometry, kind: RopeKind = "1d", base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % (2 if kind == "1d" else 4):
+            raise ConfigError(
+                f"model/pos_embed=rope{kind} needs a head dimension divisible by "
+                f"{2 if kind == '1d' else 4}; this model's is {head_dim}."
+            )
+        self.head_dim, self.kind, self.base = head_dim, kind, base
+        self.grid, self.num_prefix_tokens = geo.grid_size, geo.num_prefix_tokens
+
+    def angles(self, n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+        """(N, D) rotation angle of every token and channel (fp32, or fp64 for fp64 inputs)."""
+        if self.kind == "1d":
+            return pair_angles(torch.arange(n, device=device), self.head_dim, self.base, dtype)
+        rows, cols = self._grid(n - self.num_prefix_tokens)
+        r, c = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
+        half = self.head_dim // 2
+        patch = torch.cat([pair_angles(t.flatten(), half, self.base, dtype) for t in (r, c)], dim=-1)
+        prefix = patch.new_zeros(self.num_prefix_tokens, self.head_dim)  # angle 0: not rotated
+        return torch.cat((prefix, patch))
+
+    def _grid(self, num_patches: int) -> tuple[int, int]:
+        if num_patches == self.grid[0] * self.grid[1]:
+            return self.grid
+        side = round(num_patches**0.5)
+        if side * side != num_patches:
+            raise ValueError(f"rope2d: cannot infer a patch grid for {num_patches} tokens")
+        return side, side  # dynamic image size with a square input
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        theta = self.angles(q.shape[-2], q.device, torch.float64 if q.dtype == torch.float64 else torch.float32)
+        cos, sin = theta.cos().to(q.dtype), theta.sin().to(q.dtype)
+        return q * cos + rotate_pairs(q) * sin, k * cos + rotate_pairs(k) * sin
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, head_dim={self.head_dim}, base={self.base}"
+
+
+def install_rope(vit: VisionTransformer, kind: RopeKind = "1d", base: float = 10000.0) -> VisionTransformer:
+    """Remove the learned position embedding and rotate q, k in every block's mixer.
+
+    A stock timm `Attention` becomes an equivalent `QKVAttention` (softmax kernel, same weights) first.
+    """
+    if kind not in ("1d", "2d"):
+        raise ConfigError(f"model.pos_embed.kind={kind!r} is not one of: 1d, 2d.")
+    geo = geometry_of(vit)
+    remove_pos_embed(vit)
+    for i, block in enumerate(vit.blocks):
+        attn = block.attn
+        if isinstance(attn, Attention):
+            new = attention_like(attn, geo, SoftmaxKernel)
+            copy_projections(attn, new)
+            block.attn = attn = new
+        if not getattr(attn, "has_qk", False):
+            raise ConfigError(
+                f"model/pos_embed=rope{kind} rotates queries and keys, but blocks[{i}].attn is a "
+                f"{type(attn).__name__}, which has none (model/mixer=fnet or mlp_mixer). Combine those mixers with "
+                "model/pos_embed=learned or none, or choose a mixer with attention (softmax, performer, linformer, "
+                "nystrom)."
+            )
+        attn.rope = Rotary(attn.head_dim, geo, kind, base)
+    return vit
