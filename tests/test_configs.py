@@ -37,7 +37,17 @@ MODEL_GROUPS = {
     "model/head",
     "model/peft",
 }
-NEEDS_DOWNLOAD = {"cifar10", "cifar100", "svhn", "flowers102", "oxford_pets", "dtd", "stl10", "imagefolder"}
+NEEDS_DOWNLOAD = {
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "flowers102",
+    "oxford_pets",
+    "dtd",
+    "stl10",
+    "imagefolder",
+    "tiny_imagenet",
+}
 
 
 def test_there_are_options_in_every_core_group() -> None:

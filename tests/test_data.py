@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from vitlab.data.digits import DigitsDataModule
 from vitlab.data.imagefolder import ImageFolderDataModule
 from vitlab.data.splits import stratified_split
+from vitlab.data.tiny_imagenet import TinyImageNetDataModule
 from vitlab.data.torchvision_sets import SPECS, TorchvisionDataModule
 from vitlab.errors import ConfigError
 
@@ -86,3 +87,45 @@ def test_image_folder_missing_split_shows_the_layout(tmp_path) -> None:
     _image_folder(tmp_path, splits=("train",))
     with pytest.raises(ConfigError, match=r"no 'test' folder.*<root>/train/<class>"):
         ImageFolderDataModule(root=str(tmp_path))
+
+
+def _tiny_imagenet(root, wnids=("n01", "n02", "n03"), per_class=10) -> None:
+    rng = np.random.default_rng(0)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "val" / "images").mkdir(parents=True)
+    annotations = []
+    for w in wnids:
+        (root / "train" / w / "images").mkdir(parents=True)
+        for i in range(per_class):
+            img = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+            img.save(root / "train" / w / "images" / f"{w}_{i}.JPEG")
+        for i in range(2):
+            img.save(root / "val" / "images" / f"val_{w}_{i}.JPEG")
+            annotations.append(f"val_{w}_{i}.JPEG\t{w}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+
+
+def test_tiny_imagenet_reads_the_distributed_layout(tmp_path) -> None:
+    _tiny_imagenet(tmp_path)
+    dm = TinyImageNetDataModule(root=str(tmp_path), num_workers=0, val_fraction=0.2, augment="none")
+    assert dm.num_classes == 3
+    assert dm.split_sizes() == {"train": 24, "val": 6, "test": 6}
+    labels = sorted(dm.test_set[i][1] for i in range(6))
+    assert labels == [0, 0, 1, 1, 2, 2]  # from val_annotations.txt, in wnids.txt order
+    x, _ = dm.train_set[0]
+    assert x.shape == (3, 64, 64)
+
+
+def test_tiny_imagenet_missing_parts_show_the_layout(tmp_path) -> None:
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ConfigError, match=r"missing wnids.txt, val/images, val/val_annotations.txt.*unzip"):
+        TinyImageNetDataModule(root=str(tmp_path))
+
+
+def test_augment_none_trains_on_the_evaluation_transform(tmp_path) -> None:
+    _image_folder(tmp_path, per_class=10)
+    dm = ImageFolderDataModule(root=str(tmp_path), img_size=16, num_workers=0, val_fraction=0.2, augment="none")
+    dm.setup()
+    a, _ = dm.train_set[0]
+    b, _ = dm.train_set[0]
+    assert torch.equal(a, b)  # deterministic: no random crop or flip

@@ -50,19 +50,16 @@ def test_softmax_equals_timm_attention_on_the_same_weights() -> None:
 
 
 @pytest.mark.parametrize("n", [64, 65, 100, 17])  # no padding; padding; padding with whole empty segments
-@pytest.mark.parametrize("qkv_bias", [False, True])
-def test_nystrom_equals_nystrom_attention_package(n: int, qkv_bias: bool) -> None:
+def test_nystrom_equals_nystrom_attention_package(n: int) -> None:
     torch.manual_seed(n)
     kernel = NystromKernel(GEO, HEADS, HEAD_DIM, num_landmarks=16, pinv_iterations=6, pinv_init="batch")
-    ours = QKVAttention(DIM, HEADS, kernel, qkv_bias=qkv_bias)
+    ours = QKVAttention(DIM, HEADS, kernel)  # the package's to_qkv has no bias
     ref = NystromAttention(DIM, dim_head=HEAD_DIM, heads=HEADS, num_landmarks=16, pinv_iterations=6)
-    wq, wk, wv, _bq, _bk, _bv = qkv_slices(ours)
+    wq, wk, wv, *_ = qkv_slices(ours)
     ref.to_qkv.weight.data.copy_(torch.cat([wq, wk, wv]))
     ref.to_out[0].load_state_dict(ours.proj.state_dict())
     ref.res_conv.load_state_dict(kernel.res_conv.state_dict())
     x = torch.randn(3, n, DIM)
-    if qkv_bias:  # the package has no qkv bias: fold ours into the input of a bias-free comparison instead
-        ours.qkv.bias.data.zero_()
     mask = torch.ones(3, n, dtype=torch.bool)  # all tokens real: the package then masks its front padding
     torch.testing.assert_close(ours(x), ref(x, mask=mask), rtol=0, atol=2e-6)
     if n % 16:  # without a mask the package lets its zero padding into the segment means and softmaxes
@@ -198,3 +195,25 @@ def test_length_bound_mixers_refuse_a_dynamic_image_size(build) -> None:
     geo = TokenGeometry(DIM, HEADS, 1, (8, 8), 1, dynamic_img_size=True)
     with pytest.raises(ConfigError, match="dynamic_img_size"):
         build(geo)
+
+
+def test_feature_redraw_callback_follows_each_kernels_interval() -> None:
+    from types import SimpleNamespace
+
+    from vitlab.training.feature_redraw import RandomFeatureRedraw
+
+    every_2, never = PerformerKernel(GEO, HEADS, HEAD_DIM, redraw_interval=2), PerformerKernel(GEO, HEADS, HEAD_DIM)
+    module = torch.nn.ModuleList([every_2, never])
+    callback = RandomFeatureRedraw(seed=3)
+    history = []
+    for step in range(5):
+        callback.on_train_batch_start(SimpleNamespace(global_step=step), module, None, step)
+        history.append((every_2.projection_matrix.clone(), never.projection_matrix.clone()))
+    changed = [not torch.equal(history[i][0], history[i - 1][0]) for i in range(1, 5)]
+    assert changed == [False, True, False, True]  # steps 2 and 4
+    assert all(torch.equal(h[1], history[0][1]) for h in history)
+    replica = PerformerKernel(GEO, HEADS, HEAD_DIM, redraw_interval=2)  # another DDP rank, same step
+    RandomFeatureRedraw(seed=3).on_train_batch_start(
+        SimpleNamespace(global_step=4), torch.nn.ModuleList([replica]), None, 0
+    )
+    torch.testing.assert_close(replica.projection_matrix, every_2.projection_matrix, rtol=0, atol=0)

@@ -24,12 +24,17 @@ def build_transform(
     is_training: bool,
     mean: Sequence[float],
     std: Sequence[float],
-    augment: Mapping[str, Any] | None = None,
+    augment: Mapping[str, Any] | str | None = None,
     crop_pct: float = 1.0,
     interpolation: str = "bicubic",
 ) -> Callable:
-    """timm's train or eval transform; evaluation resizes to `img_size / crop_pct` then centre-crops."""
-    if not is_training:
+    """timm's train or eval transform; evaluation resizes to `img_size / crop_pct` then centre-crops.
+
+    `augment="none"` (or null) trains on the evaluation transform: no augmentation at all (the ViX recipe).
+    """
+    if isinstance(augment, str) and augment != "none":
+        raise ConfigError(f"data.augment={augment!r}: give a mapping of {sorted(DEFAULT_AUGMENT)} or 'none'.")
+    if not is_training or augment is None or augment == "none":
         return create_transform(
             input_size=img_size,
             is_training=False,
