@@ -27,6 +27,7 @@ def create_backbone(
     qkv_bias: bool | None = None,
     class_token: bool | None = None,
     global_pool: str | None = None,
+    fc_norm: bool | None = None,
     drop_rate: float = 0.0,
     pos_drop_rate: float = 0.0,
     proj_drop_rate: float = 0.0,
@@ -57,6 +58,7 @@ def create_backbone(
         qkv_bias=qkv_bias,
         class_token=class_token,
         global_pool=global_pool,
+        fc_norm=fc_norm,
         dynamic_img_size=dynamic_img_size,
     )
     overrides = {k: v for k, v in overrides.items() if v is not None}

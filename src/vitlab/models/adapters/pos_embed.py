@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from vitlab.errors import ConfigError
 
@@ -15,6 +16,9 @@ def remove_pos_embed(vit: VisionTransformer) -> VisionTransformer:
     Loaded weights for `pos_embed` are discarded with it.
     """
     vit.pos_embed = None  # nn.Module.__setattr__ unregisters the parameter; timm's _pos_embed skips None
+    if vit.pos_drop.p > 0:  # timm also skips `pos_drop` then; keep the configured embedding dropout (ViX's emb_dropout)
+        vit.norm_pre = nn.Sequential(vit.pos_drop, vit.norm_pre)
+        vit.pos_drop = nn.Identity()
     return vit
 
 
