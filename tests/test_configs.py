@@ -99,8 +99,10 @@ def test_num_classes_is_not_typed_in_model_configs() -> None:
         assert "num_classes:" not in path.read_text(), f"{path}: num_classes comes from the data module"
 
 
-def test_every_model_slot_exists_and_is_off_by_default() -> None:
+def test_every_model_slot_exists_and_only_the_conv_stem_is_on_by_default() -> None:
     cfg = compose_cfg()
-    for slot in ("stem", "pos_embed", "mixer", "step_size", "head", "peft"):
+    assert cfg.model.stem._target_ == "vitlab.models.stems.conv.install_conv_stem"  # make train: hybrid ViT
+    for slot in ("pos_embed", "mixer", "step_size", "head", "peft"):
         assert slot in cfg.model and cfg.model[slot] is None
+    for slot in ("stem", "pos_embed", "mixer", "step_size", "head", "peft"):
         assert (CONFIGS / "model" / slot).is_dir()

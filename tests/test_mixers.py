@@ -27,6 +27,19 @@ DIM, HEADS, HEAD_DIM = 64, 4, 16
 GEO = TokenGeometry(dim=DIM, num_heads=HEADS, depth=1, grid_size=(8, 8), num_prefix_tokens=1)  # 65 tokens
 
 
+def assert_same_function(
+    ours: torch.nn.Module, ref: torch.nn.Module, x: torch.Tensor, atol: float = 1e-6, **kw
+) -> None:
+    """Equal outputs, and equal gradients with respect to the input (so backward passes agree too)."""
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_a, out_b = ours(xa), ref(xb, **kw)
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=atol)
+    weights = torch.randn_like(out_a)
+    (out_a * weights).sum().backward()
+    (out_b * weights).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=10 * atol)
+
+
 def qkv_slices(attn: QKVAttention) -> tuple[torch.Tensor, ...]:
     """Our fused `qkv` weight/bias split into (q, k, v) rows (v empty when values are the keys)."""
     w, b = attn.qkv.weight.data, attn.qkv.bias
@@ -61,7 +74,7 @@ def test_nystrom_equals_nystrom_attention_package(n: int) -> None:
     ref.res_conv.load_state_dict(kernel.res_conv.state_dict())
     x = torch.randn(3, n, DIM)
     mask = torch.ones(3, n, dtype=torch.bool)  # all tokens real: the package then masks its front padding
-    torch.testing.assert_close(ours(x), ref(x, mask=mask), rtol=0, atol=2e-6)
+    assert_same_function(ours, ref, x, atol=2e-6, mask=mask)
     if n % 16:  # without a mask the package lets its zero padding into the segment means and softmaxes
         assert not torch.allclose(ref(x), ref(x, mask=mask), atol=1e-4)
 
@@ -109,8 +122,7 @@ def test_linformer_equals_linformer_package(n: int, share_kv: bool, one_kv_head:
         ref.proj_v.data.copy_(kernel.proj_v)
     ref.to_out.load_state_dict(ours.proj.state_dict())
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
-    x = torch.randn(2, n, DIM)
-    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-6)
+    assert_same_function(ours, ref, torch.randn(2, n, DIM))
 
 
 def test_performer_equals_performer_pytorch_with_the_same_features() -> None:
@@ -124,8 +136,15 @@ def test_performer_equals_performer_pytorch_with_the_same_features() -> None:
         lin.bias.data.copy_(b)
     ref.to_out.load_state_dict(ours.proj.state_dict())
     ref.fast_attention.projection_matrix.copy_(kernel.projection_matrix)
-    x = torch.randn(2, 65, DIM)
-    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-6)
+    assert_same_function(ours, ref, torch.randn(2, 65, DIM))
+
+
+def test_performer_fused_feature_map_has_the_exact_gradient() -> None:
+    from vitlab.models.mixers.performer import _ExpFeatures
+
+    proj = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(2, 3, 5, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p, s: _ExpFeatures.apply(p, s, 0.3), (proj, shift))
 
 
 def test_performer_default_feature_count_is_d_ln_d_and_features_are_orthogonal() -> None:

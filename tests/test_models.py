@@ -46,8 +46,13 @@ def test_default_preset_size() -> None:
 
     from conftest import compose_cfg
 
-    model = instantiate(compose_cfg().model, num_classes=10)
-    assert param_counts(model)["params/total"] == vit_param_formula(128, 6, 256, 4, 64, 10)
+    linear = vit_param_formula(128, 6, 256, 4, 64, 10)
+    stock = instantiate(compose_cfg(["~model/stem"]).model, num_classes=10)
+    assert param_counts(stock)["params/total"] == linear == 811_146
+    # the default conv stem: 3x3 convs 3->32->64->128 (with biases) instead of the 4x4 patch projection
+    conv_stem = (3 * 9 * 32 + 32) + (32 * 9 * 64 + 64) + (64 * 9 * 128 + 128)
+    default = instantiate(compose_cfg().model, num_classes=10)
+    assert param_counts(default)["params/total"] == linear - (3 * 16 * 128 + 128) + conv_stem == 898_122
 
 
 def test_classifier_without_head_slot_is_the_stock_timm_model() -> None:

@@ -75,4 +75,3 @@ def test_embedding_dropout_survives_removing_the_position_embedding() -> None:
     model.eval()
     assert torch.equal(model(x), model(x))  # ... and only in training
     assert isinstance(model.backbone.norm_pre[0], torch.nn.Dropout) and model.backbone.norm_pre[0].p == 0.5
-

@@ -79,10 +79,13 @@ class QKVAttention(nn.Module):
             raise ValueError("vitlab mixers do not take attention masks (timm passes none for images)")
         B, N, _ = x.shape
         qkv = self.qkv(x)
-        q = self._heads(qkv[..., : self.attn_dim], B, N)
-        k = self._heads(qkv[..., self.attn_dim : self.attn_dim + self.kv_dim], B, N)
-        # ViX code: with share_kv the values are the keys *before* rotation (ViL-RoPE)
-        v = k if self.kernel.shares_kv else self._heads(qkv[..., self.attn_dim + self.kv_dim :], B, N)
+        if self.kv_dim == self.attn_dim and not self.kernel.shares_kv:  # timm's layout: one reshape, no copies
+            q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            sizes = [self.attn_dim, self.kv_dim] + ([] if self.kernel.shares_kv else [self.kv_dim])
+            parts = [self._heads(t, B, N) for t in qkv.split(sizes, dim=-1)]
+            # ViX code: with share_kv the values are the keys *before* rotation (ViL-RoPE)
+            q, k, v = parts if len(parts) == 3 else (*parts, parts[1])
         if self.rope is not None:
             q, k = self.rope(q, k)
         out = self.kernel(q, k, v).transpose(1, 2).reshape(B, N, self.attn_dim)

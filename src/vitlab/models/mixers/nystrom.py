@@ -114,8 +114,18 @@ class NystromKernel(AttentionKernel):
             values = torch.where(empty[:, None], v.sum(dim=-2, keepdim=True) / (n + pad), values)
         out = kernel_1 @ (iterative_pinv(kernel_2, self.pinv_iterations, self.pinv_init) @ values)
         if self.res_conv is not None:
-            out = out + self.res_conv(v)  # zero 'same' padding = the padded tokens' zero values
+            out = out + self._residual(v)
         return out
+
+    def _residual(self, v: Tensor) -> Tensor:
+        """`res_conv(v)`, computed as a 1-D depthwise convolution over (head, channel) pairs: the same result
+        as the (K, 1) Conv2d of the ViX code (whose weight layout is kept), about 2x faster on CPU. Its zero
+        'same' padding stands for the front padding's zero values."""
+        B, H, n, D = v.shape
+        weight = self.res_conv.weight[..., 0].repeat_interleave(D, dim=0)  # (H·D, 1, K)
+        x = v.transpose(-1, -2).reshape(B, H * D, n)
+        y = F.conv1d(x, weight.to(x.dtype), padding=self.res_conv.padding[0], groups=H * D)
+        return y.reshape(B, H, D, n).transpose(-1, -2)
 
     def _landmarks(self, t: Tensor, m: int, seg: int, pad: int, counts: Tensor) -> Tensor:
         """Segment means over real tokens: (B, H, n, D) -> (B, H, m, D)."""

@@ -40,6 +40,24 @@ def orthogonal_gaussian_features(
     return norms[:, None] * matrix
 
 
+class _ExpFeatures(torch.autograd.Function):
+    """φ = exp(proj + shift) + c, computed in place and saving only φ: the (B, H, N, m) feature tensors are
+    the largest activations of FAVOR+, and autograd's exp/add chain would keep two of them per input."""
+
+    @staticmethod
+    def forward(ctx, proj: Tensor, shift: Tensor, c: float) -> Tensor:
+        phi = (proj + shift).exp_().add_(c)
+        ctx.save_for_backward(phi)
+        ctx.c = c
+        return phi
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        (phi,) = ctx.saved_tensors
+        d_arg = (phi - ctx.c).mul_(grad)  # dφ/d(arg) = exp(arg) = φ − c
+        return d_arg, d_arg.sum(dim=-1, keepdim=True), None
+
+
 class PerformerKernel(AttentionKernel):
     """Non-causal FAVOR+ with the softmax kernel; `projection_matrix` is a buffer (saved in checkpoints).
 
@@ -76,22 +94,27 @@ class PerformerKernel(AttentionKernel):
         self.projection_matrix.copy_(new)
 
     def features(self, x: Tensor, is_query: bool) -> Tensor:
-        """φ(x) for (B, H, N, D) -> (B, H, N, m)."""
+        """φ(x) for (B, H, N, D) -> (B, H, N, m): ratio·(exp(wᵀx − ‖x‖²/2 − max) + ε), with the ratio m^(-1/2)
+        folded into the exponent."""
         x = x * self.head_dim**-0.25
         proj = x @ self.projection_matrix.to(x.dtype).T
-        half_sq_norm = x.square().sum(dim=-1, keepdim=True) / 2
         dims = (-1,) if is_query else (-1, -2)
-        stabiliser = proj.amax(dim=dims, keepdim=True).detach()
-        return self.nb_features**-0.5 * (torch.exp(proj - half_sq_norm - stabiliser) + self.kernel_eps)
+        stabiliser = proj.detach().amax(dim=dims, keepdim=True)
+        log_ratio = -0.5 * math.log(self.nb_features)
+        shift = log_ratio - stabiliser - x.square().sum(dim=-1, keepdim=True) / 2  # (B, H, N, 1): cheap
+        return _ExpFeatures.apply(proj, shift, self.kernel_eps * math.exp(log_ratio))
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         dtype = v.dtype
         with torch.autocast(device_type=q.device.type, enabled=False):  # exp of logits: keep fp32
             q, k, v = at_least_fp32(q, k, v)
             q_prime, k_prime = self.features(q, True), self.features(k, False)
-            context = k_prime.transpose(-2, -1) @ v  # (B, H, m, D): the O(N m D) trick
-            normaliser = q_prime @ k_prime.sum(dim=-2).unsqueeze(-1)  # D = φ(Q) φ(K)ᵀ 1
-            return ((q_prime @ context) / normaliser).to(dtype)
+            # one product gives numerator and normaliser: φ(K)ᵀ [V | 1] -> (B, H, m, D + 1), computed as
+            # ([V | 1]ᵀ φ(K))ᵀ so that the gradient reaching φ(K) is contiguous
+            v_one = torch.cat((v, v.new_ones(*v.shape[:-1], 1)), dim=-1)
+            context = (v_one.transpose(-2, -1) @ k_prime).transpose(-2, -1)
+            out = q_prime @ context
+            return (out[..., :-1] / out[..., -1:]).to(dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)

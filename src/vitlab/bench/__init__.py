@@ -1,0 +1,1 @@
+"""Benchmarks behind `vitlab-bench` (`make bench`): measured, never asserted in tests."""
