@@ -125,6 +125,19 @@ def test_linformer_equals_linformer_package(n: int, share_kv: bool, one_kv_head:
     assert_same_function(ours, ref, torch.randn(2, n, DIM))
 
 
+@pytest.mark.parametrize(("share_kv", "one_kv_head"), [(False, False), (True, True)])
+def test_linformer_projecting_tokens_first_equals_projecting_keys(share_kv: bool, one_kv_head: bool) -> None:
+    """Without RoPE the tokens are projected along the sequence before the k/v maps (biases included)."""
+    torch.manual_seed(3)
+    kernel = LinformerKernel(GEO, HEADS, HEAD_DIM, k=16, share_kv=share_kv, one_kv_head=one_kv_head)
+    attn = QKVAttention(DIM, HEADS, kernel, qkv_bias=True)
+    torch.nn.init.normal_(attn.qkv.bias)
+    x = torch.randn(2, 65, DIM)
+    projected_first = attn(x)
+    attn.rope = lambda q, k: (q, k)  # an identity "rotation" forces the per-head path
+    torch.testing.assert_close(projected_first, attn(x), rtol=0, atol=1e-5)
+
+
 def test_performer_equals_performer_pytorch_with_the_same_features() -> None:
     torch.manual_seed(2)
     kernel = PerformerKernel(GEO, HEADS, HEAD_DIM)

@@ -51,16 +51,30 @@ class LinformerKernel(AttentionKernel):
         self.proj_k = _sequence_projection(self.seq_len, k)
         self.proj_v = None if share_kv else _sequence_projection(self.seq_len, k)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        n = k.shape[-2]
+    def sequence_projections(self, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(E, F) for a sequence of n tokens: the first n rows (shorter sequences, as lucidrains does)."""
         if n > self.seq_len:
             raise ValueError(f"Linformer was built for {self.seq_len} tokens but got {n}")
-        proj_k = self.proj_k[:n].to(k.dtype)  # shorter sequences use the first n rows (as lucidrains does)
-        proj_v = proj_k if self.proj_v is None else self.proj_v[:n].to(v.dtype)
-        k, v = proj_k.T @ k, proj_v.T @ v  # (B, H_kv, k, D)
-        if k.shape[1] != q.shape[1]:
+        proj_k = self.proj_k[:n].to(dtype)
+        return proj_k, proj_k if self.proj_v is None else self.proj_v[:n].to(dtype)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Per-head keys/values of all n tokens (the path RoPE needs: rotation before projection)."""
+        proj_k, proj_v = self.sequence_projections(k.shape[-2], k.dtype)
+        return self.attend_projected(q, self._project(proj_k, k), self._project(proj_v, v))
+
+    def attend_projected(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Softmax attention of (B, H, n, D) queries over (B, H_kv, k, D) projected keys/values."""
+        if k.shape[1] != q.shape[1]:  # one_kv_head: share the single key/value head
             k, v = k.expand(-1, q.shape[1], -1, -1), v.expand(-1, q.shape[1], -1, -1)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+
+    @staticmethod
+    def _project(proj: Tensor, t: Tensor) -> Tensor:
+        """Eᵀ t along the sequence, done on the (B, n, H·D) token layout (a view when t comes from `qkv`)."""
+        B, H, n, D = t.shape
+        tokens = t.transpose(1, 2).reshape(B, n, H * D)
+        return (proj.T @ tokens).reshape(B, -1, H, D).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"seq_len={self.seq_len}, k={self.k}, share_kv={self.shares_kv}, one_kv_head={self.kv_heads == 1}"
