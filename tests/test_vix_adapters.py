@@ -142,7 +142,10 @@ def test_mixer_and_position_compose_train_and_run_in_bf16(mixer: str, position: 
     assert logits.shape == (4, 10)
     torch.nn.functional.cross_entropy(logits, torch.arange(4)).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert no_grad == []
+    # MLP-Mixer's token-mixing fc2 bias adds a per-token constant to all channels, which every following
+    # LayerNorm removes: its gradient is zero up to rounding (a property of the ViX/MLP-Mixer code, kept for
+    # parameter parity), so it is exempt here
+    assert [n for n in no_grad if not (mixer == "mlp_mixer" and n.endswith("attn.fc2.bias"))] == []
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
@@ -166,12 +169,12 @@ def test_timm_vit_weights_load_strictly_into_attention_mixers(mixer: str, tmp_pa
     )
     weights = tmp_path / "vit.pt"
     torch.save(stock.state_dict(), weights)
-    fresh = build([f"model/mixer={mixer}"])
+    fresh = build(["~model/stem", f"model/mixer={mixer}"])
     missing, unexpected = fresh.backbone.load_state_dict(torch.load(weights, weights_only=True), strict=False)
     assert unexpected == []
     assert set(missing) == {f"blocks.{i}.{name}" for i in range(2) for name in NEW_TENSORS[mixer]}
     # the same file through the config (model.backbone.weights=file:...) gives the same tensors
-    loaded = build([f"model/mixer={mixer}", f"model.backbone.weights=file:{weights}"])
+    loaded = build(["~model/stem", f"model/mixer={mixer}", f"model.backbone.weights=file:{weights}"])
     for name, tensor in stock.state_dict().items():
         torch.testing.assert_close(loaded.backbone.state_dict()[name], tensor, rtol=0, atol=0)
     if mixer == "softmax":  # and with the exact kernel the model is the stock timm model
