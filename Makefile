@@ -26,16 +26,19 @@ train: install ## train the default model (a small ViT) on digits and print test
 test: install lint ## run ruff and the test suite (PYTEST_ARGS="-k resume" to select)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+bench: install ## benchmarks (minutes): one mixer layer vs sequence length -> outputs/bench/attention.{md,png}
+	$(BIN)/vitlab-bench attention $(ARGS)
+
 lint: install ## ruff check + format check
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 format: install ## ruff format and autofix
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
 
 clean: ## remove caches and build files (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help install train test lint format clean
+.PHONY: help install train test bench lint format clean

@@ -88,7 +88,8 @@ def render_markdown(results: list[dict], settings: dict) -> str:
         ok = ours is not None and "error" not in ours
         row.append(f"{ref['time_ms'] / ours['time_ms']:.2f}×" if ok and ref and "error" not in ref else "")
         if ok and naive and "error" not in naive and name != "softmax_naive" and ours["peak_mb"] > 0:
-            row.append(f"1/{naive['peak_mb'] / ours['peak_mb']:.1f}")
+            ratio = naive["peak_mb"] / ours["peak_mb"]
+            row.append(f"{ratio:.1f}× less" if ratio >= 1 else f"{1 / ratio:.1f}× more")
         else:
             row.append("")
         lines.append("| " + " | ".join(row) + " |")
@@ -97,6 +98,7 @@ def render_markdown(results: list[dict], settings: dict) -> str:
 
 def plot(results: list[dict], path: Path, settings: dict) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -111,9 +113,12 @@ def plot(results: list[dict], path: Path, settings: dict) -> None:
             ax.plot(
                 [n for n, _ in ok], [max(r[key], 1e-3) for _, r in ok], style, marker="o", label=ENTRIES[name].label
             )
+    lens = sorted({r["seq_len"] for r in results})
     for ax, label in zip(axes, ("forward+backward time (ms)", "peak memory above baseline (MB)"), strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(lens, [str(n) for n in lens])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)

@@ -1,0 +1,55 @@
+"""`vitlab-bench <name> [overrides]`: the benchmarks behind `make bench`.
+
+    vitlab-bench attention                      # one mixer layer vs sequence length -> outputs/bench/attention.*
+    vitlab-bench attention attention.device=cuda
+
+Timings depend on the machine; they are reported, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from vitlab.cli.config_dir import config_dir
+from vitlab.errors import ConfigError
+
+log = logging.getLogger("vitlab")
+BENCHES = ("attention",)
+
+
+def run_bench(cfg: DictConfig) -> None:
+    out_dir = Path(cfg.out_dir)
+    if cfg.bench == "attention":
+        from vitlab.bench.attention import run
+
+        opts = cfg.attention
+        settings = {k: opts[k] for k in ("batch", "dim", "heads", "device", "repeats", "warmup")}
+        run(list(opts.seq_lens), list(opts.entries), settings, out_dir, timeout=int(opts.timeout_s))
+        log.info("wrote %s/attention.md, .json and .png", out_dir)
+    else:
+        raise ConfigError(f"bench={cfg.bench!r} is not a benchmark; allowed: {', '.join(BENCHES)}.")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="bench")
+def _main(cfg: DictConfig) -> None:
+    try:
+        run_bench(cfg)
+    except ConfigError as exc:
+        print(f"vitlab-bench: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    """Allow `vitlab-bench attention ...` as sugar for `vitlab-bench bench=attention ...`."""
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-") and "=" not in sys.argv[1]:
+        sys.argv[1] = f"bench={sys.argv[1]}"
+    _main()
+
+
+if __name__ == "__main__":
+    main()

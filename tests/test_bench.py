@@ -1,0 +1,56 @@
+"""`vitlab-bench attention`: report arithmetic on known numbers, and one tiny end-to-end run (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+from vitlab.bench.attention import render_markdown
+
+
+def test_report_compares_with_the_reference_package_and_with_naive_softmax() -> None:
+    results = [
+        {"entry": "softmax_naive", "seq_len": 4097, "time_ms": 1000.0, "peak_mb": 7000.0},
+        {"entry": "nystrom", "seq_len": 4097, "time_ms": 100.0, "peak_mb": 500.0},
+        {"entry": "nystrom_ref", "seq_len": 4097, "time_ms": 150.0, "peak_mb": 600.0},
+        {"entry": "fnet", "seq_len": 4097, "error": "boom"},
+    ]
+    table = render_markdown(results, {"batch": 8, "dim": 128, "heads": 4, "device": "cpu"})
+    nystrom_row = next(line for line in table.splitlines() if line.startswith("| nystrom |"))
+    assert "| 1.50× |" in nystrom_row and "14.0× less" in nystrom_row
+    assert "nystrom-attention (reference)" in table
+    assert "| fnet | failed | failed |" in table
+
+
+def test_bench_cli_writes_table_json_and_plot(tmp_path) -> None:
+    args = [
+        "attention",
+        "attention.seq_lens=[17,33]",
+        "attention.entries=[softmax_naive,nystrom,nystrom_ref]",
+        "attention.repeats=1",
+        "attention.warmup=0",
+        "attention.batch=2",
+        f"out_dir={tmp_path}",
+    ]
+    proc = subprocess.run([sys.executable, "-m", "vitlab.cli.bench", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "attention.json").read_text())
+    assert {(r["entry"], r["seq_len"]) for r in data["results"]} == {
+        (e, n) for e in ("softmax_naive", "nystrom", "nystrom_ref") for n in (17, 33)
+    }
+    assert all(r["time_ms"] > 0 and "peak_mb" in r for r in data["results"])
+    assert (tmp_path / "attention.png").stat().st_size > 1000
+    assert "| nystrom |" in (tmp_path / "attention.md").read_text()
+
+
+def test_bench_rejects_an_unknown_entry(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitlab.cli.bench", "attention", "attention.entries=[flash]", f"out_dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "entries=['flash']" in proc.stderr and "nystrom_ref" in proc.stderr and "Traceback" not in proc.stderr
