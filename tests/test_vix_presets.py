@@ -37,6 +37,7 @@ PRESETS = sorted(
     str(p.relative_to(CONFIGS / "experiment/vix").with_suffix(""))
     for p in (CONFIGS / "experiment/vix").rglob("*.yaml")
     if not p.name.startswith("_")
+    and p.parent != CONFIGS / "experiment/vix"  # vix/digits_study is ours, not the paper's
 )
 
 
