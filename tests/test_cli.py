@@ -196,6 +196,25 @@ def test_image_size_not_divisible_by_patch_is_a_clear_error(tmp_path) -> None:
     assert result["status"] == "failed"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["model/mixer=fnet", "model/pos_embed=rope1d"], ["model/pos_embed=rope1d", "model/mixer=fnet"]),
+        (
+            ["model/mixer=linformer", "model.backbone.dynamic_img_size=true"],
+            ["model/mixer=linformer", "dynamic_img_size"],
+        ),
+        (["model.stem.strides=[2,1,1]"], ["model.stem.strides=[2, 1, 1]", "patch size 4"]),
+    ],
+    ids=["rope-without-qk", "linformer-dynamic-size", "stem-strides"],
+)
+def test_incompatible_vix_options_are_clear_errors(tmp_path, overrides: list[str], fragments: list[str]) -> None:
+    run = run_cli("train", [*TINY, *overrides], tmp_path)
+    assert_clean_error(run, *fragments)
+    (result,) = run.results()
+    assert result["status"] == "failed"
+
+
 def test_missing_dataset_folder_is_a_clear_error(tmp_path) -> None:
     run = run_cli("train", [*TINY, "data=cifar10", f"paths.data_dir={tmp_path / 'empty'}"], tmp_path)
     assert_clean_error(run, "data.download=true", "paths.data_dir")
