@@ -96,3 +96,12 @@ def test_macs_of_a_linear_layer() -> None:
             return self.fc(x.flatten(1))
 
     assert macs_per_image(Flat(), img_size=4) == 48 * 10
+
+
+def test_learning_rate_scales_with_the_global_batch() -> None:
+    from vitlab.training.optim import scale_lr
+
+    assert scale_lr({"opt": "adamw", "lr": 1e-3, "lr_base_batch": 512}, 1024) == {"opt": "adamw", "lr": 2e-3}
+    assert scale_lr({"opt": "adamw", "lr": 1e-3, "lr_base_batch": None}, 1024) == {"opt": "adamw", "lr": 1e-3}
+    with pytest.raises(ConfigError, match="lr_base_batch"):
+        scale_lr({"lr": 1e-3, "lr_base_batch": 0}, 64)

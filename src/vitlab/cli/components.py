@@ -18,6 +18,7 @@ from vitlab.cli.runner import task_overrides
 from vitlab.data.base import ImageDataModule
 from vitlab.models.summary import param_counts, trainable_rows
 from vitlab.training.module import ClassificationModule
+from vitlab.training.optim import scale_lr
 
 log = logging.getLogger("vitlab")
 
@@ -32,6 +33,11 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     return datamodule
 
 
+def global_batch(cfg: DictConfig) -> int:
+    """Images per optimiser step: the (global) data batch times gradient accumulation."""
+    return int(cfg.data.batch_size) * int(cfg.trainer.get("accumulate_grad_batches") or 1)
+
+
 def build_module(cfg: DictConfig, num_classes: int, model_cfg: DictConfig | None = None) -> ClassificationModule:
     """The model from `model_cfg` (default `cfg.model`) inside a `ClassificationModule`."""
     model: nn.Module = instantiate(model_cfg if model_cfg is not None else cfg.model, num_classes=num_classes)
@@ -39,7 +45,7 @@ def build_module(cfg: DictConfig, num_classes: int, model_cfg: DictConfig | None
     return ClassificationModule(
         model=model,
         num_classes=num_classes,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        optim=scale_lr(OmegaConf.to_container(cfg.optim, resolve=True), global_batch(cfg)),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
         config={**OmegaConf.to_container(cfg, resolve=True), "_overrides": task_overrides()},
         **module_cfg,

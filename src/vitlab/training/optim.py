@@ -20,6 +20,18 @@ from torch.optim import Optimizer
 from vitlab.errors import ConfigError
 
 
+def scale_lr(optim: Mapping[str, Any], global_batch: int) -> dict[str, Any]:
+    """Resolve `lr_base_batch` (the linear scaling rule, Goyal et al. 2017; DeiT/EIT: lr × batch / 512):
+    with `lr_base_batch: B`, the learning rate becomes `lr × global_batch / B`; the key is then removed."""
+    opts = dict(optim)
+    base = opts.pop("lr_base_batch", None)
+    if base is not None:
+        if base <= 0:
+            raise ConfigError(f"optim.lr_base_batch={base} must be a positive batch size (or null: no scaling).")
+        opts["lr"] = float(opts["lr"]) * global_batch / base
+    return opts
+
+
 def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> Optimizer:
     """`timm.optim.create_optimizer_v2` on the trainable parameters, with the decay rule above."""
     opts = dict(optim)
