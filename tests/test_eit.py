@@ -13,6 +13,7 @@ from vitlab.models.geometry import TokenGeometry
 from vitlab.models.mixers.eit import DecreasingConvMixer, attention_channels
 from vitlab.models.mixers.softmax import SoftmaxKernel
 from vitlab.models.stems.eit import EITStem
+from vitlab.training.cost import macs_breakdown
 
 # papers.md §2.3: official training logs (`n_parameters`, 1000 classes) and the per-layer conv channels c_l
 OFFICIAL = {
@@ -20,6 +21,14 @@ OFFICIAL = {
     "eit_tiny": (8_927_230, [290, 250, 210, 170, 130, 90, 50, 0]),
     "eit_base": (15_972_280, [368, 320, 288, 240, 208, 160, 128, 80, 48, 0]),
     "eit_large": (25_305_592, [432, 400, 352, 320, 272, 240, 208, 160, 128, 80, 48, 0]),
+}
+# GMACs at 224 px: the official README's "#FLOPs" (ptflops, attention matrix products excluded) and
+# papers.md's analytic count with them (§2.3)
+OFFICIAL_GMACS = {
+    "eit_mini": (1.73, 1.926),
+    "eit_tiny": (3.84, 4.213),
+    "eit_base": (6.52, 7.073),
+    "eit_large": (10.0, 10.766),
 }
 
 
@@ -30,7 +39,7 @@ def build(preset: str, img: int, classes: int, extra: list[str] | None = None) -
 
 
 @pytest.mark.parametrize("preset", sorted(OFFICIAL))
-def test_presets_have_the_official_parameter_count_and_split(preset: str) -> None:
+def test_presets_have_the_official_parameters_split_and_macs(preset: str) -> None:
     model = build(preset, 224, 1000)
     params, conv_channels = OFFICIAL[preset]
     assert sum(p.numel() for p in model.parameters()) == params
@@ -39,6 +48,10 @@ def test_presets_have_the_official_parameter_count_and_split(preset: str) -> Non
     dim = model.backbone.embed_dim
     assert [b.attn.attn_channels for b in blocks] == [dim - c for c in conv_channels]
     assert model.backbone.pos_embed is None and model.backbone.patch_embed.num_patches == 361
+    macs = macs_breakdown(model, 224)
+    without, with_attention = OFFICIAL_GMACS[preset]
+    assert macs["macs_no_attn"] / 1e9 == pytest.approx(without, rel=5e-3)
+    assert macs["macs"] / 1e9 == pytest.approx(with_attention, rel=1e-3)
 
 
 @pytest.mark.parametrize(

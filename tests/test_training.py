@@ -105,3 +105,18 @@ def test_learning_rate_scales_with_the_global_batch() -> None:
     assert scale_lr({"opt": "adamw", "lr": 1e-3, "lr_base_batch": None}, 1024) == {"opt": "adamw", "lr": 1e-3}
     with pytest.raises(ConfigError, match="lr_base_batch"):
         scale_lr({"lr": 1e-3, "lr_base_batch": 0}, 64)
+
+
+@pytest.mark.parametrize("mixer", [None, "softmax"])
+def test_attention_macs_are_the_two_matrix_products(mixer: str | None) -> None:
+    """q kᵀ and softmax·v cost N²·D MACs each per block, for timm's fused attention and vitlab's kernel."""
+    from hydra.utils import instantiate
+
+    from conftest import compose_cfg
+    from vitlab.training.cost import macs_breakdown
+
+    overrides = ["~model/stem", "data.img_size=16", "model.backbone.depth=2", "model.backbone.embed_dim=32"]
+    model = instantiate(compose_cfg(overrides + ([f"model/mixer={mixer}"] if mixer else [])).model, num_classes=10)
+    macs = macs_breakdown(model, 16)
+    tokens = (16 // 4) ** 2 + 1
+    assert macs["macs"] - macs["macs_no_attn"] == 2 * 2 * tokens * tokens * 32

@@ -1,7 +1,10 @@
 """`CostMeter`: what a run costs, for `results.json` (`cost/*`) and the loggers.
 
 - `cost/macs_per_image`: multiply-accumulates of one forward pass on one image, counted by
-  `torch.utils.flop_counter` (FLOPs / 2; attention matrix products included).
+  `torch.utils.flop_counter` (FLOPs / 2), attention matrix products included (softmax attention is
+  counted in its explicit form, since the fused SDPA kernels have no FLOP formula on every device).
+- `cost/macs_no_attn_per_image`: the same without the attention kernels' products (q kᵀ, softmax · v, and
+  the landmark / feature / projection products of the efficient kernels): what EIT's "FLOPs" (ptflops) count.
 - `cost/train_img_per_s`: training images per second per process over the timed steps (the first
   `warmup_steps` are skipped), forward + backward + optimiser step.
 - `cost/peak_mem_mb`: peak CUDA memory allocated on a GPU; on CPU the process's peak resident memory
@@ -12,24 +15,60 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from timm.models.vision_transformer import Attention
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from vitlab.models.mixers.attention import AttentionKernel
+from vitlab.models.mixers.softmax import SoftmaxKernel
 
-def macs_per_image(model: nn.Module, img_size: int, device: torch.device | str = "cpu") -> int:
-    """Multiply-accumulates of `model` on one (1, 3, img_size, img_size) image."""
+
+@contextmanager
+def explicit_softmax(model: nn.Module) -> Iterator[None]:
+    """Temporarily compute softmax attention as explicit matrix products, so the FLOP counter sees them."""
+    changed: list[tuple[nn.Module, str, object]] = []
+    for module in model.modules():
+        if isinstance(module, SoftmaxKernel):
+            changed.append((module, "impl", module.impl))
+            module.impl = "naive"
+        elif isinstance(module, Attention):
+            changed.append((module, "fused_attn", module.fused_attn))
+            module.fused_attn = False
+    try:
+        yield
+    finally:
+        for module, name, value in changed:
+            setattr(module, name, value)
+
+
+def macs_breakdown(model: nn.Module, img_size: int, device: torch.device | str = "cpu") -> dict[str, int]:
+    """{"macs": all, "macs_no_attn": without the attention kernels' products} for one image."""
+    root = type(model).__name__
+    kernels = {f"{root}.{n}" for n, m in model.named_modules() if isinstance(m, AttentionKernel)}
+    timm_attn = {f"{root}.{n}" for n, m in model.named_modules() if isinstance(m, Attention)}
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), explicit_softmax(model), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, 3, img_size, img_size, device=device))
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops() // 2)
+    counts = counter.get_flop_counts()
+    attention = sum(sum(counts[k].values()) for k in kernels if k in counts)
+    attention += sum(flops for k in timm_attn if k in counts for op, flops in counts[k].items() if "bmm" in str(op))
+    total = counter.get_total_flops()
+    return {"macs": int(total // 2), "macs_no_attn": int((total - attention) // 2)}
+
+
+def macs_per_image(model: nn.Module, img_size: int, device: torch.device | str = "cpu") -> int:
+    """Multiply-accumulates of `model` on one (1, 3, img_size, img_size) image, attention included."""
+    return macs_breakdown(model, img_size, device)["macs"]
 
 
 class CostMeter(pl.Callback):
@@ -37,13 +76,13 @@ class CostMeter(pl.Callback):
 
     def __init__(self, img_size: int, warmup_steps: int = 2) -> None:
         self.img_size, self.warmup_steps = img_size, warmup_steps
-        self.macs: int | None = None
+        self.macs: dict[str, int] | None = None
         self._images, self._seconds, self._steps = 0, 0.0, 0
         self._t0 = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = getattr(pl_module, "model", pl_module)
-        self.macs = macs_per_image(model, self.img_size, pl_module.device)
+        self.macs = macs_breakdown(model, self.img_size, pl_module.device)
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
@@ -72,7 +111,8 @@ class CostMeter(pl.Callback):
         else:
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
         return {
-            "cost/macs_per_image": self.macs,
+            "cost/macs_per_image": self.macs["macs"] if self.macs else None,
+            "cost/macs_no_attn_per_image": self.macs["macs_no_attn"] if self.macs else None,
             "cost/train_img_per_s": round(self._images / self._seconds, 2) if self._seconds > 0 else None,
             "cost/peak_mem_mb": round(peak_mb, 1),
         }
