@@ -54,3 +54,22 @@ def test_bench_rejects_an_unknown_entry(tmp_path) -> None:
     )
     assert proc.returncode == 2
     assert "entries=['flash']" in proc.stderr and "nystrom_ref" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_bench_reports_params_macs_and_throughput(tmp_path) -> None:
+    args = [
+        "model",
+        "model=eit_cifar",
+        "data.img_size=32",
+        "num_classes=10",
+        "model_bench.batch=2",
+        "model_bench.steps=1",
+        "model_bench.warmup=0",
+        f"out_dir={tmp_path}",
+    ]
+    proc = subprocess.run([sys.executable, "-m", "vitlab.cli.bench", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "model_eit_cifar.json").read_text())
+    assert record["params/total"] == 3_079_010
+    assert record["cost/macs_per_image"] > record["cost/macs_no_attn_per_image"] > 0
+    assert record["cost/train_img_per_s"] > 0

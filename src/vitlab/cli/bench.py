@@ -2,6 +2,7 @@
 
     vitlab-bench attention                      # one mixer layer vs sequence length -> outputs/bench/attention.*
     vitlab-bench attention attention.device=cuda
+    vitlab-bench model model=eit_mini data.img_size=224     # params, MACs (with/without attention), img/s
 
 Timings depend on the machine; they are reported, never asserted in tests.
 """
@@ -19,7 +20,7 @@ from vitlab.cli.config_dir import config_dir
 from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab")
-BENCHES = ("attention",)
+BENCHES = ("attention", "model")
 
 
 def run_bench(cfg: DictConfig) -> None:
@@ -31,6 +32,21 @@ def run_bench(cfg: DictConfig) -> None:
         settings = {k: opts[k] for k in ("batch", "dim", "heads", "device", "repeats", "warmup")}
         run(list(opts.seq_lens), list(opts.entries), settings, out_dir, timeout=int(opts.timeout_s))
         log.info("wrote %s/attention.md, .json and .png", out_dir)
+    elif cfg.bench == "model":
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import instantiate
+
+        from vitlab.bench.model import measure_model, write_report
+
+        model = instantiate(cfg.model, num_classes=int(cfg.num_classes))
+        opts = cfg.model_bench
+        record = measure_model(
+            model, int(cfg.data.img_size), int(opts.batch), int(opts.steps), int(opts.warmup), str(opts.device)
+        )
+        choices = HydraConfig.get().runtime.choices
+        name = choices.get("model", "model")
+        md = write_report(record, name, out_dir)
+        print(md.read_text())
     else:
         raise ConfigError(f"bench={cfg.bench!r} is not a benchmark; allowed: {', '.join(BENCHES)}.")
 

@@ -1,0 +1,53 @@
+"""`vitlab-bench model model=<preset>`: what one model costs — parameters, MACs per image (with and without
+the attention matrix products; EIT's and ptflops' "FLOPs" exclude them) and training throughput
+(forward + backward + AdamW step on random images). Writes `<out_dir>/model_<name>.json` and `.md`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitlab.models.summary import param_counts
+from vitlab.training.cost import macs_breakdown
+
+
+def measure_model(model: nn.Module, img_size: int, batch: int, steps: int, warmup: int, device: str) -> dict:
+    record = {**param_counts(model), "img_size": img_size}
+    record.update({f"cost/{k}_per_image": v for k, v in macs_breakdown(model, img_size).items()})
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
+    times = []
+    for i in range(warmup + steps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    record["cost/train_img_per_s"] = round(batch * len(times) / sum(times), 2)
+    record.update({"batch": batch, "device": device})
+    return record
+
+
+def write_report(record: dict, name: str, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"model_{name}.json").write_text(json.dumps(record, indent=2))
+    md = out_dir / f"model_{name}.md"
+    md.write_text(
+        "| model | params | trainable | GMACs/img | GMACs/img without attention products | train img/s |\n"
+        "|---|---:|---:|---:|---:|---:|\n"
+        f"| {name} @ {record['img_size']} px | {record['params/total']:,} | {record['params/trainable']:,} | "
+        f"{record['cost/macs_per_image'] / 1e9:.3f} | {record['cost/macs_no_attn_per_image'] / 1e9:.3f} | "
+        f"{record['cost/train_img_per_s']:.1f} (batch {record['batch']}, {record['device']}) |\n"
+    )
+    return md
