@@ -19,7 +19,7 @@ from vitlab.models.stems.conv import ConvStem, default_strides
 
 MIXERS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs/model/mixer").glob("*.yaml"))
 POSITIONS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs/model/pos_embed").glob("*.yaml"))
-NO_QK = {"fnet", "mlp_mixer"}
+NO_QK = {"fnet", "mlp_mixer", "eit"}  # mixers that refuse RoPE
 SMALL = [  # 16 px, patch 4: 16 patches + class token, dim 32, 2 blocks, 2 heads of 16
     "data.img_size=16",
     "model.backbone.patch_size=4",
@@ -134,6 +134,7 @@ def test_mixer_and_position_compose_train_and_run_in_bf16(mixer: str, position: 
             build(overrides)
         error = find_config_error(info.value)
         assert error is not None and f"model/pos_embed={position}" in str(error) and "model/mixer=fnet" in str(error)
+        assert type(build([f"model/mixer={mixer}"]).backbone.blocks[0].attn).__name__ in str(error)
         return
     torch.manual_seed(0)
     model = build(overrides)

@@ -96,9 +96,9 @@ def install_rope(vit: VisionTransformer, kind: RopeKind = "1d", base: float = 10
         if not getattr(attn, "has_qk", False):
             raise ConfigError(
                 f"model/pos_embed=rope{kind} rotates queries and keys, but blocks[{i}].attn is a "
-                f"{type(attn).__name__}, which has none (model/mixer=fnet or mlp_mixer). Combine those mixers with "
-                "model/pos_embed=learned or none, or choose a mixer with attention (softmax, performer, linformer, "
-                "nystrom)."
+                f"{type(attn).__name__}, which does not take RoPE (model/mixer=fnet, mlp_mixer or eit). Combine those "
+                "mixers with model/pos_embed=learned or none, or choose an attention mixer (softmax, performer, "
+                "linformer, nystrom)."
             )
         attn.rope = Rotary(attn.head_dim, geo, kind, base)
     return vit
