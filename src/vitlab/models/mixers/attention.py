@@ -94,10 +94,7 @@ class QKVAttention(nn.Module):
         # q, k, v from slices of the fused `qkv` weight (timm's parameter, so timm checkpoints load): three
         # products instead of one, but the backward pass then needs no stacking/permuting of activations
         # (measured faster on CPU than both timm's reshape+unbind and a split of the fused output)
-        sizes = [self.attn_dim, self.kv_dim] + ([] if self.kernel.shares_kv else [self.kv_dim])
-        weights = self.qkv.weight.split(sizes)
-        biases = self.qkv.bias.split(sizes) if self.qkv.bias is not None else [None] * len(sizes)
-        parts = [self._heads(F.linear(x, w, b), B, N) for w, b in zip(weights, biases, strict=True)]
+        parts = [self._heads(F.linear(x, w, b), B, N) for w, b in self._qkv_slices()]
         # ViX code: with share_kv the values are the keys *before* rotation (ViL-RoPE)
         q, k, v = parts if len(parts) == 3 else (*parts, parts[1])
         if self.rope is not None:
@@ -109,9 +106,7 @@ class QKVAttention(nn.Module):
         """Linformer without RoPE: Eᵀ(x W_k + b_k) = (Eᵀx) W_k + (Eᵀ1) b_k, so keys and values are computed
         for k projected tokens instead of all n (two of the three big projections disappear)."""
         B, N, _ = x.shape
-        sizes = [self.attn_dim, self.kv_dim] + ([] if self.kernel.shares_kv else [self.kv_dim])
-        weights = self.qkv.weight.split(sizes)
-        biases = self.qkv.bias.split(sizes) if self.qkv.bias is not None else [None] * len(sizes)
+        (w_q, b_q), (w_k, b_k), *rest = self._qkv_slices()
 
         def projected(proj: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
             out = F.linear(proj.T @ x, w)  # (B, k, C)
@@ -119,11 +114,17 @@ class QKVAttention(nn.Module):
                 out = out + proj.sum(dim=0)[:, None] * b
             return self._heads(out, B, proj.shape[1])
 
-        q = self._heads(F.linear(x, weights[0], biases[0]), B, N)
-        k = projected(proj_k, weights[1], biases[1])
-        v = k if self.kernel.shares_kv else projected(proj_v, weights[2], biases[2])
+        q = self._heads(F.linear(x, w_q, b_q), B, N)
+        k = projected(proj_k, w_k, b_k)
+        v = k if self.kernel.shares_kv else projected(proj_v, *rest[0])
         out = self.kernel.attend_projected(q, k, v).transpose(1, 2).reshape(B, N, self.attn_dim)
         return self.proj_drop(self.proj(out))
+
+    def _qkv_slices(self) -> list[tuple[Tensor, Tensor | None]]:
+        """(weight, bias) of q, k and (unless values are the keys) v: row slices of `qkv`."""
+        sizes = [self.attn_dim, self.kv_dim] + ([] if self.kernel.shares_kv else [self.kv_dim])
+        biases = self.qkv.bias.split(sizes) if self.qkv.bias is not None else [None] * len(sizes)
+        return list(zip(self.qkv.weight.split(sizes), biases, strict=True))
 
     def _heads(self, t: Tensor, B: int, N: int) -> Tensor:
         return t.reshape(B, N, -1, self.head_dim).transpose(1, 2)
