@@ -10,6 +10,10 @@ from conftest import ROOT
 from vitlab.bench.attention import render_markdown
 
 
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vitlab.cli.bench", *args], cwd=ROOT, capture_output=True, text=True)
+
+
 def test_report_compares_with_the_reference_package_and_with_naive_softmax() -> None:
     results = [
         {"entry": "softmax_naive", "seq_len": 4097, "time_ms": 1000.0, "peak_mb": 7000.0},
@@ -34,7 +38,7 @@ def test_bench_cli_writes_table_json_and_plot(tmp_path) -> None:
         "attention.batch=2",
         f"out_dir={tmp_path}",
     ]
-    proc = subprocess.run([sys.executable, "-m", "vitlab.cli.bench", *args], cwd=ROOT, capture_output=True, text=True)
+    proc = run_bench(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "attention.json").read_text())
     assert {(r["entry"], r["seq_len"]) for r in data["results"]} == {
@@ -46,12 +50,7 @@ def test_bench_cli_writes_table_json_and_plot(tmp_path) -> None:
 
 
 def test_bench_rejects_an_unknown_entry(tmp_path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitlab.cli.bench", "attention", "attention.entries=[flash]", f"out_dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_bench("attention", "attention.entries=[flash]", f"out_dir={tmp_path}")
     assert proc.returncode == 2
     assert "entries=['flash']" in proc.stderr and "nystrom_ref" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -67,7 +66,7 @@ def test_model_bench_reports_params_macs_and_throughput(tmp_path) -> None:
         "model_bench.warmup=0",
         f"out_dir={tmp_path}",
     ]
-    proc = subprocess.run([sys.executable, "-m", "vitlab.cli.bench", *args], cwd=ROOT, capture_output=True, text=True)
+    proc = run_bench(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "model_eit_cifar.json").read_text())
     assert record["params/total"] == 3_079_010
