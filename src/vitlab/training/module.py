@@ -19,6 +19,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab.models.summary import param_counts
+from vitlab.training.constraints import modules_with, project_parameters, regularization_loss
 from vitlab.training.optim import build_optimizer, build_scheduler
 
 Batch = tuple[Tensor, Tensor]
@@ -74,6 +75,9 @@ class ClassificationModule(pl.LightningModule):
         self.train_metrics = accuracy_metrics(num_classes, "train/")
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
+        # modules that add a loss penalty or keep a parameter feasible (vitlab.training.constraints)
+        self._regularized = modules_with(model, "regularization")
+        self._projected = modules_with(model, "project_parameters_")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -95,9 +99,16 @@ class ClassificationModule(pl.LightningModule):
         logits = self(x)
         loss = self.train_loss(logits, targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        penalty = regularization_loss(self._regularized)
+        if penalty is not None:
+            self.log("train/reg_loss", penalty, on_step=True, on_epoch=True)
+            loss = loss + penalty
         self.train_metrics["acc"](logits.detach(), y)
         self.log("train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        project_parameters(self._projected)  # after the optimiser step: constrained parameters stay feasible
 
     def _eval_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> None:
         x, y = batch
