@@ -32,6 +32,27 @@ def test_digits_split_is_stratified_disjoint_and_deterministic() -> None:
     assert not torch.equal(test, other[2])
 
 
+def test_digits_class_subsets_and_few_shot_training_sets() -> None:
+    labels = torch.as_tensor(load_digits().target)
+    full_test = DigitsDataModule().split_indices()[2]
+    upper = DigitsDataModule(classes=[5, 6, 7, 8, 9], train_per_class=20, augment="none")
+    train, val, test = upper.split_indices()
+    assert upper.num_classes == 5 and len(train) == 100
+    assert torch.equal(torch.bincount(labels[train])[5:], torch.full((5,), 20))
+    assert torch.equal(test, full_test[labels[full_test] >= 5])  # the same test images as the 10-class split
+    assert set(labels[val].tolist()) == {5, 6, 7, 8, 9}
+    upper.setup()
+    x, y = upper.test_set[0]
+    assert labels[test[0]] - 5 == y  # relabelled 5..9 -> 0..4
+    assert {int(upper.train_set[i][1]) for i in range(len(upper.train_set))} == set(range(5))
+    assert torch.equal(train, DigitsDataModule(classes=[5, 6, 7, 8, 9], train_per_class=20).split_indices()[0])
+    for kwargs, key in (({"classes": [1, 1]}, "data.classes"), ({"train_per_class": 0}, "data.train_per_class")):
+        with pytest.raises(ConfigError, match=key):
+            DigitsDataModule(**kwargs)
+    with pytest.raises(ConfigError, match="only"):
+        DigitsDataModule(classes=[0], train_per_class=1000).split_indices()
+
+
 def test_digits_images_are_resized_three_channel_and_normalised() -> None:
     dm = DigitsDataModule(img_size=24, augment="none")
     dm.setup()

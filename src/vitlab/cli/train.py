@@ -9,6 +9,7 @@ vitlab-train ckpt_path=outputs/runs/<date>/<time>_train/checkpoints/last.ckpt   
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -31,6 +32,7 @@ from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, ru
 from vitlab.errors import ConfigError
 from vitlab.models.summary import param_counts
 from vitlab.training.cost import CostMeter
+from vitlab.training.dynamics_monitor import learned_dynamics, summarize
 
 log = logging.getLogger("vitlab")
 
@@ -52,6 +54,9 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
     seed_everything(cfg.seed, workers=True)
     check_resume(cfg)
+    if cfg.get("test_checkpoint", "best") not in ("best", "last"):  # fail before training, not after
+        raise ConfigError(f"test_checkpoint={cfg.test_checkpoint!r} is not an option. Allowed: best, last.")
+    export = _export_path(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.num_classes)
     record.update(param_counts(module.model))
@@ -67,12 +72,16 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
         record["epochs"] = trainer.current_epoch
         record["world_size"] = trainer.world_size
         record.update(cost.results(module.device))
+        record.update(summarize(learned_dynamics(module.model)))  # learned a and h (ODE transfer), if any
     if cfg.get("test", True):
-        best = _best_checkpoint(trainer)
+        best = _test_checkpoint(cfg, trainer)
         record["best_ckpt"] = best
         log.info("testing %s", best or "the final weights")
         metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
         record.update({k: float(v) for k, v in (metrics[0] if metrics else {}).items()})
+    if export is not None and trainer.is_global_zero:
+        export_backbone(module.model, export)
+        record["exported_weights"] = str(export)
     update_wandb_summary(trainer, record)
     if trainer.is_global_zero and record.get("test/acc") is not None:
         print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
@@ -86,6 +95,35 @@ def _checkpoint_callback(trainer: Any) -> ModelCheckpoint | None:
 def _best_checkpoint(trainer: Any) -> str | None:
     ckpt = _checkpoint_callback(trainer)
     return ckpt.best_model_path or None if ckpt is not None else None
+
+
+def _test_checkpoint(cfg: DictConfig, trainer: Any) -> str | None:
+    """`test_checkpoint=best` (the best val/acc checkpoint) or `last` (the final weights, e.g. VTAB-1k's
+    `final` protocol, whose validation images are part of the training set)."""
+    return _best_checkpoint(trainer) if cfg.get("test_checkpoint", "best") == "best" else None
+
+
+def _export_path(cfg: DictConfig) -> Path | None:
+    """`export_weights`, checked before training: a .safetensors path that does not exist yet."""
+    path = cfg.get("export_weights")
+    if path is None:
+        return None
+    path = Path(str(path))
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"export_weights={path} must end in .safetensors.")
+    if path.exists():
+        raise ConfigError(f"export_weights={path} already exists; delete it or choose another path.")
+    return path
+
+
+def export_backbone(model: torch.nn.Module, path: Path) -> None:
+    """Save the backbone's state dict (timm keys, the classifier included) as safetensors."""
+    from safetensors.torch import save_file
+
+    backbone = getattr(model, "backbone", model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}, str(path))
+    log.info("backbone weights exported to %s (use model.backbone.weights=file:%s)", path, path)
 
 
 def _best_val(trainer: Any) -> float | None:

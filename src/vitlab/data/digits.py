@@ -50,6 +50,10 @@ class DigitsDataModule(ImageDataModule):
         val_fraction, test_fraction: shares of all images held out for validation and test.
         split_seed: seed of the split; independent of the training seed so every run sees the same test set.
         augment: `light` adds small random rotations, shifts and scalings to training images; `none` disables.
+        classes: keep only these digits (relabelled 0..K-1 in the given order), e.g. [0, 1, 2, 3, 4] to
+            pre-train and [5, 6, 7, 8, 9] to transfer; null keeps all ten.
+        train_per_class: keep only this many training images per class (a few-shot transfer set, drawn with
+            `split_seed`); validation and test sets are unchanged; null keeps all.
     """
 
     def __init__(
@@ -62,6 +66,8 @@ class DigitsDataModule(ImageDataModule):
         test_fraction: float = 0.2,
         split_seed: int = 0,
         augment: Augment = "light",
+        classes: list[int] | None = None,
+        train_per_class: int | None = None,
     ):
         super().__init__(batch_size, num_workers, img_size, pin_memory)
         if augment not in ("none", "light"):
@@ -71,20 +77,50 @@ class DigitsDataModule(ImageDataModule):
                 f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be positive and "
                 "sum to less than 1."
             )
+        if classes is not None and (
+            not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10))
+        ):
+            raise ConfigError(f"data.classes={classes} must be distinct digits 0-9 (or null for all ten).")
+        if train_per_class is not None and train_per_class < 1:
+            raise ConfigError(f"data.train_per_class={train_per_class} must be a positive number (or null for all).")
         self.fractions = (val_fraction, test_fraction)
         self.split_seed, self.augment = split_seed, augment
+        self.classes = list(classes) if classes is not None else list(range(10))
+        self.train_per_class = train_per_class
 
     @property
     def num_classes(self) -> int:
-        return 10
+        return len(self.classes)
 
     def split_indices(self) -> list[Tensor]:
-        """(train, val, test) indices into the 1,797 digits; the same for every run with this `split_seed`."""
-        labels = load_digits().target
-        return [torch.as_tensor(p) for p in stratified_split(labels, self.fractions, seed=self.split_seed)]
+        """(train, val, test) indices into the 1,797 digits; the same for every run with this `split_seed`.
+        The split is made over all ten digits first, so the test images of a digit never depend on `classes`."""
+        labels = torch.as_tensor(load_digits().target)
+        parts = [torch.as_tensor(p) for p in stratified_split(labels.numpy(), self.fractions, seed=self.split_seed)]
+        keep = torch.as_tensor(self.classes)
+        parts = [p[torch.isin(labels[p], keep)] for p in parts]
+        if self.train_per_class is not None:
+            parts[0] = self._few_shot(parts[0], labels)
+        return parts
+
+    def _few_shot(self, train: Tensor, labels: Tensor) -> Tensor:
+        generator = torch.Generator().manual_seed(self.split_seed)
+        picked = []
+        for digit in self.classes:
+            of_digit = train[labels[train] == digit]
+            if len(of_digit) < self.train_per_class:
+                raise ConfigError(
+                    f"data.train_per_class={self.train_per_class}: digit {digit} has only {len(of_digit)} "
+                    "training images; choose a smaller number."
+                )
+            picked.append(of_digit[torch.randperm(len(of_digit), generator=generator)[: self.train_per_class]])
+        return torch.cat(picked).sort().values
 
     def _build(self) -> tuple[Dataset, Dataset, Dataset]:
-        images, labels = digits_images(self.img_size)
+        images, digits = digits_images(self.img_size)
+        labels = torch.full_like(digits, -1)
+        for new, digit in enumerate(self.classes):
+            labels[digits == digit] = new  # relabel the kept digits 0..K-1
         train_tf = None
         if self.augment == "light":
             train_tf = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=-1.0)

@@ -7,6 +7,7 @@ from typing import Any
 
 import timm
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from vitlab.errors import ConfigError
 from vitlab.models.weights import WEIGHTS_KEY, load_file_weights, parse_weights
@@ -34,6 +35,7 @@ def create_backbone(
     attn_drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     dynamic_img_size: bool | None = None,
+    pretrained_head: bool = True,
 ) -> VisionTransformer:
     """Create timm model `name`, overriding any size given (None keeps timm's value).
 
@@ -95,7 +97,10 @@ def create_backbone(
             "VisionTransformer (names starting with vit_, deit_ ...)."
         )
     if spec.source == "file":
-        load_file_weights(model, spec.ref)
+        load_file_weights(model, spec.ref, keep_head=pretrained_head)
+    elif spec.source == "hub" and not pretrained_head and num_classes > 0:
+        nn.init.trunc_normal_(model.head.weight, std=0.02)  # timm's own head init, as if built untrained
+        nn.init.zeros_(model.head.bias)
     return model
 
 

@@ -91,15 +91,20 @@ def strip_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def load_file_weights(vit: VisionTransformer, path: str | Path) -> None:
-    """Load `path` into `vit`: resample geometry, drop a mismatched head, refuse anything else that differs."""
+def load_file_weights(vit: VisionTransformer, path: str | Path, keep_head: bool = True) -> None:
+    """Load `path` into `vit`: resample geometry, drop a mismatched head (any head if not `keep_head`),
+    refuse anything else that differs."""
     state_dict = checkpoint_filter_fn(read_state_dict(path), vit)
     own = vit.state_dict()
-    dropped = [k for k in HEAD_KEYS if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape)]
+    dropped = [
+        k
+        for k in HEAD_KEYS
+        if k in state_dict and (not keep_head or k not in own or own[k].shape != state_dict[k].shape)
+    ]
     for key in dropped:
         del state_dict[key]
     if dropped:
-        log.info("weights %s: head dropped (class count differs); the new head is freshly initialised", path)
+        log.info("weights %s: head dropped (other class count, or pretrained_head=false); the new head is fresh", path)
     missing = [k for k in own if k not in state_dict and k not in HEAD_KEYS]
     unexpected = [k for k in state_dict if k not in own]
     wrong_shape = [
