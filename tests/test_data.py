@@ -42,7 +42,7 @@ def test_digits_class_subsets_and_few_shot_training_sets() -> None:
     assert torch.equal(test, full_test[labels[full_test] >= 5])  # the same test images as the 10-class split
     assert set(labels[val].tolist()) == {5, 6, 7, 8, 9}
     upper.setup()
-    x, y = upper.test_set[0]
+    _, y = upper.test_set[0]
     assert labels[test[0]] - 5 == y  # relabelled 5..9 -> 0..4
     assert {int(upper.train_set[i][1]) for i in range(len(upper.train_set))} == set(range(5))
     assert torch.equal(train, DigitsDataModule(classes=[5, 6, 7, 8, 9], train_per_class=20).split_indices()[0])
