@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
@@ -47,6 +48,7 @@ NEEDS_DOWNLOAD = {
     "stl10",
     "imagefolder",
     "tiny_imagenet",
+    "vtab1k",
 }
 
 
@@ -71,7 +73,11 @@ def test_option_composes(group: str, option: str, tmp_path) -> None:
     cfg = compose_cfg([*parent, f"{group}={option}"])
     assert cfg.model._target_ == "vitlab.models.build.build_classifier"
     if group in MODEL_GROUPS:
-        size = ["data.img_size=32"] if option in ("vit_tiny", "vit_small", "vit_base") else []
+        size = ["data.img_size=32"] if option in ("vit_tiny", "vit_small", "vit_base", "vit_base_in21k") else []
+        weights = str(cfg.model.backbone.weights)
+        if weights.startswith("hub:"):  # no downloads in tests: the pinned tag must exist, the weights are not loaded
+            assert weights[4:] in timm.list_pretrained(), f"{weights} is not a timm pretrained tag"
+            size.append("model.backbone.weights=none")
         cfg = compose_cfg([*parent, f"{group}={option}", *size] + ([] if size else TINY[:5]))
         model = instantiate(cfg.model, num_classes=7)
         img = cfg.data.img_size

@@ -99,7 +99,7 @@ def _best_checkpoint(trainer: Any) -> str | None:
 
 def _test_checkpoint(cfg: DictConfig, trainer: Any) -> str | None:
     """`test_checkpoint=best` (the best val/acc checkpoint) or `last` (the final weights, e.g. VTAB-1k's
-    `final` protocol, whose validation images are part of the training set)."""
+    `final` protocol, whose validation split is the test split: selecting on it would select on test)."""
     return _best_checkpoint(trainer) if cfg.get("test_checkpoint", "best") == "best" else None
 
 
