@@ -3,6 +3,7 @@
     vitlab-bench attention                      # one mixer layer vs sequence length -> outputs/bench/attention.*
     vitlab-bench attention attention.device=cuda
     vitlab-bench model model=eit_mini data.img_size=224     # params, MACs (with/without attention), img/s
+    vitlab-bench transfer                       # frozen ViT-B/16 step: head only, step sizes, memory-ODE head, full
 
 Timings depend on the machine; they are reported, never asserted in tests.
 """
@@ -20,7 +21,7 @@ from vitlab.cli.config_dir import config_dir
 from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab")
-BENCHES = ("attention", "model")
+BENCHES = ("attention", "model", "transfer")
 
 
 def run_bench(cfg: DictConfig) -> None:
@@ -46,6 +47,13 @@ def run_bench(cfg: DictConfig) -> None:
         choices = HydraConfig.get().runtime.choices
         name = choices.get("model", "model")
         md = write_report(record, name, out_dir)
+        print(md.read_text())
+    elif cfg.bench == "transfer":
+        from omegaconf import OmegaConf
+
+        from vitlab.bench.transfer import run as run_transfer
+
+        md = run_transfer(OmegaConf.to_container(cfg.transfer, resolve=True), out_dir)
         print(md.read_text())
     else:
         raise ConfigError(f"bench={cfg.bench!r} is not a benchmark; allowed: {', '.join(BENCHES)}.")

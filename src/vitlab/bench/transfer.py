@@ -1,0 +1,152 @@
+"""`vitlab-bench transfer`: what a transfer method costs per training step of the same frozen ViT.
+
+Every variant is the same backbone (default ViT-B/16 at 224 px, no weights needed) with a different set of
+trainable tensors; one step is forward + backward + AdamW on what trains. Variants are timed round-robin
+(one step each per round) and summarised by the median, so drift in the machine's speed hits all alike.
+
+- `head_only`: the linear probe; no gradient enters the backbone.
+- `reference`: the same frozen model, but the gradient flows back through every block to the input: the
+  floor for any method that trains something inside the network.
+- `step_scalar` / `step_channel` / `step_dynamic`: learnable Euler step sizes (overhead vs `reference`).
+- `memory_ode`: frozen backbone with the memory-ODE head (vs `head_only`); `full`: full fine-tuning.
+The heads are also timed alone on pooled features (`head_batch` rows): linear vs memory-ODE.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from vitlab.errors import ConfigError
+from vitlab.models.adapters.step_size import install_step_sizes
+from vitlab.models.backbone import create_backbone
+from vitlab.models.build import build_classifier
+from vitlab.models.geometry import TokenGeometry, geometry_of
+from vitlab.models.heads.memory_ode import MemoryODEHead
+from vitlab.models.peft.selective import full
+from vitlab.models.summary import param_counts
+
+VARIANTS = ("head_only", "reference", "step_scalar", "step_channel", "step_dynamic", "memory_ode", "full")
+BASELINE = {"step_scalar": "reference", "step_channel": "reference", "step_dynamic": "reference", "full": "reference"}
+BASELINE |= {"reference": "head_only", "memory_ode": "head_only"}
+
+
+def build_variant(name: str, backbone: Callable[..., nn.Module], num_classes: int) -> nn.Module:
+    """The classifier of one variant (weights are random: timing does not depend on them)."""
+    if name not in VARIANTS:
+        raise ConfigError(f"transfer.variants: {name!r} is not a variant; allowed: {', '.join(VARIANTS)}.")
+    kwargs: dict = {"freeze": "backbone"}
+    if name.startswith("step_"):
+        kwargs["step_size"] = functools.partial(install_step_sizes, kind=name.removeprefix("step_"))
+    elif name == "memory_ode":
+        kwargs["head"] = functools.partial(MemoryODEHead)
+    elif name == "full":
+        kwargs["peft"] = full
+    return build_classifier(backbone, num_classes=num_classes, **kwargs)
+
+
+def _timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure_variants(
+    models: dict[str, nn.Module], img_size: int, batch: int, rounds: int, warmup: int, device: str
+) -> dict:
+    """Median step time (ms) per variant, round-robin over `warmup + rounds` rounds."""
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
+    inputs = {name: x.clone().requires_grad_(name == "reference") for name in models}
+    optimizers = {
+        name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for name, m in models.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(warmup + rounds):
+        for name, model in models.items():
+            elapsed = _timed_step(model, optimizers[name], inputs[name], y, device)
+            if r >= warmup:
+                times[name].append(elapsed)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def measure_heads(geo: TokenGeometry, num_classes: int, rows: int, repeats: int, device: str) -> dict[str, float]:
+    """Forward + backward of the head alone on the class tokens of `rows` images, in ms (median)."""
+    heads = {"linear": nn.Linear(geo.dim, num_classes), "memory_ode": MemoryODEHead(geo, num_classes)}
+    tokens = torch.randn(rows, geo.num_prefix_tokens + 1, geo.dim, device=device)
+    out = {}
+    for name, head in heads.items():
+        head = head.to(device)
+        run = (lambda t, h=head: h(t[:, 0])) if name == "linear" else head
+        samples = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            run(tokens).sum().backward()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            samples.append(time.perf_counter() - start)
+        out[name] = 1e3 * statistics.median(samples[1:])
+    return out
+
+
+def render_markdown(record: dict) -> str:
+    """The report: step time per variant, its overhead against its baseline, and the heads alone."""
+    steps, counts = record["step_ms"], record["trainable_no_head"]
+    lines = [
+        f"Training step (forward + backward + AdamW) of {record['backbone']} at {record['img_size']} px, batch "
+        f"{record['batch']}, {record['device']}; median of {record['rounds']} round-robin rounds.",
+        "",
+        "| variant | trainable (no head) | step (ms) | vs baseline |",
+        "|---|---:|---:|---|",
+    ]
+    for name, ms in steps.items():
+        base = BASELINE.get(name)
+        rel = f"{100 * (ms / steps[base] - 1):+.1f}% vs {base}" if base in steps else "–"
+        lines.append(f"| {name} | {counts[name]:,} | {ms:.1f} | {rel} |")
+    heads = record.get("head_ms")
+    if heads:
+        lines += [
+            "",
+            f"Heads alone, forward + backward on {record['head_batch']} pooled features: linear "
+            f"{heads['linear']:.2f} ms, memory-ODE (10 Euler steps) {heads['memory_ode']:.2f} ms "
+            f"({heads['memory_ode'] / heads['linear']:.1f}×).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def run(opts: dict, out_dir: Path) -> Path:
+    """Build the variants, measure them, write `<out_dir>/transfer.{json,md}`; returns the .md path."""
+    torch.manual_seed(0)
+    backbone = functools.partial(
+        create_backbone, name=opts["backbone"], img_size=opts["img_size"], **(opts["backbone_kwargs"] or {})
+    )
+    models = {
+        v: build_variant(v, backbone, int(opts["num_classes"])).to(opts["device"]).train() for v in opts["variants"]
+    }
+    record = {k: opts[k] for k in ("backbone", "img_size", "batch", "rounds", "device", "head_batch")}
+    record["trainable_no_head"] = {v: param_counts(m)["params/trainable_no_head"] for v, m in models.items()}
+    record["step_ms"] = measure_variants(
+        models, int(opts["img_size"]), int(opts["batch"]), int(opts["rounds"]), int(opts["warmup"]), opts["device"]
+    )
+    geo = geometry_of(next(iter(models.values())).backbone)
+    record["head_ms"] = measure_heads(
+        geo, int(opts["num_classes"]), int(opts["head_batch"]), int(opts["rounds"]), opts["device"]
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "transfer.json").write_text(json.dumps(record, indent=2))
+    md = out_dir / "transfer.md"
+    md.write_text(render_markdown(record))
+    return md
