@@ -26,8 +26,9 @@ train: install ## train the default model (a small ViT) on digits and print test
 test: install lint ## run ruff and the test suite (PYTEST_ARGS="-k resume" to select)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install ## benchmarks (~10 min): mixers vs sequence length, EIT presets' cost -> outputs/bench/
+bench: install ## benchmarks (~15 min): mixers vs sequence length, EIT presets' cost, transfer methods' step cost -> outputs/bench/
 	$(BIN)/vitlab-bench attention $(ARGS)
+	$(BIN)/vitlab-bench transfer
 	for m in eit_mini eit_tiny eit_base eit_large; do $(BIN)/vitlab-bench model model=$$m data.img_size=224 || exit 1; done
 
 lint: install ## ruff check + format check

@@ -11,7 +11,9 @@ from omegaconf import open_dict
 from conftest import CONFIGS, TINY, compose_cfg
 
 # groups whose options live in sub-folders, selected with a path: experiment=vix/vit
-PATH_OPTION_GROUPS = ("experiment", "paper")
+PATH_OPTION_GROUPS = ("experiment",)
+# not Hydra options of train.yaml: paper-table definitions, read by vitlab-reproduce (tests/test_reproduce_tables.py)
+NOT_TRAIN_OPTIONS = ("paper",)
 # nested groups, selected inside an option of their parent: model/mixer=softmax model/mixer/kernel=nystrom
 PARENT_OF_NESTED = {"model/mixer/kernel": "model/mixer=softmax"}
 
@@ -25,7 +27,9 @@ def _group_and_option(path) -> tuple[str, str]:
 
 # group path (as used in overrides) -> option, for every YAML under configs/ except the two roots
 OPTIONS = sorted(
-    _group_and_option(p) for p in CONFIGS.rglob("*.yaml") if p.parent != CONFIGS and p.parent.name != "hydra"
+    _group_and_option(p)
+    for p in CONFIGS.rglob("*.yaml")
+    if p.parent != CONFIGS and p.parent.name != "hydra" and p.relative_to(CONFIGS).parts[0] not in NOT_TRAIN_OPTIONS
 )
 # groups whose options are whole-model slots: instantiate and run them too
 MODEL_GROUPS = {
