@@ -1,0 +1,58 @@
+"""Paper tables, one command each: definitions, job expansion, aggregation and rendering.
+
+A table definition (`configs/paper/<paper>/<table>.yaml`) names the rows of a paper table (each a set of
+`vitlab-train` overrides), the data sets, the seeds and budget of each scale (smoke, mini, full) and the
+paper's reported numbers with their source. This package turns it into jobs with deterministic run
+directories (`<table dir>/<row>/<dataset>/seed<k>/results.json`), so a broken sweep resumes where it
+stopped, and turns the finished `results.json` files back into a table (Markdown, CSV, LaTeX, PNG) that
+shows failed and missing cells as such and never fills them in.
+
+The library holds no launching, logging or sweeping logic: `vitlab-reproduce` (the CLI) calls
+`resolve_table` -> `TableSpec.prepare_jobs` / `TableSpec.jobs` -> `pending_jobs` -> launch ->
+`collect` -> `write_all`.
+"""
+
+from __future__ import annotations
+
+from vitlab.reproduce.aggregate import Cell, RowResult, collect
+from vitlab.reproduce.jobs import Job, archive_failed, job_status, multirun_commands, pending_jobs, read_results
+from vitlab.reproduce.render import render_csv, render_latex, render_markdown, render_plot, write_all
+from vitlab.reproduce.table import (
+    SCALES,
+    DatasetSpec,
+    RowSpec,
+    ScaleSpec,
+    TableSpec,
+    find_table,
+    list_tables,
+    load_table,
+    resolve_table,
+    table_dir,
+)
+
+__all__ = [
+    "SCALES",
+    "Cell",
+    "DatasetSpec",
+    "Job",
+    "RowResult",
+    "RowSpec",
+    "ScaleSpec",
+    "TableSpec",
+    "archive_failed",
+    "collect",
+    "find_table",
+    "job_status",
+    "list_tables",
+    "load_table",
+    "multirun_commands",
+    "pending_jobs",
+    "read_results",
+    "render_csv",
+    "render_latex",
+    "render_markdown",
+    "render_plot",
+    "resolve_table",
+    "table_dir",
+    "write_all",
+]

@@ -1,0 +1,164 @@
+"""Jobs of a table: stable ids, deterministic run directories, and which of them still have to run.
+
+Every job's directory is `<table dir>/<row>/<dataset>[/<grid point>]/seed<k>`, so re-running a table finds
+the `results.json` of earlier attempts: jobs whose status is ok are skipped, failed and missing ones run.
+`vitlab-train` refuses to overwrite a `results.json`, so a failed run's directory is moved aside first
+(`archive_failed`), keeping its error for inspection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from vitlab.reproduce.spec import ScaleSpec, TableSpec
+
+Status = Literal["ok", "failed", "missing"]
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+# characters Hydra's override grammar treats specially in an unquoted value
+_HYDRA_SPECIAL = re.compile(r"[\s,'\"\\\[\]{}()=:$]")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One `vitlab-train` run of a table: `overrides` are complete except where its files go."""
+
+    id: str  # "<row>/<dataset>/seed<k>", with the grid point before the seed when the row has a grid
+    row: str
+    dataset: str | None
+    seed: int
+    overrides: tuple[str, ...]
+    grid: tuple[tuple[str, str], ...] = ()
+    produces: str | None = None  # prepare jobs: the file (relative to the table directory) they write
+
+    def run_dir(self, table_dir: Path | str) -> Path:
+        return Path(table_dir) / self.id
+
+    def results_path(self, table_dir: Path | str) -> Path:
+        return self.run_dir(table_dir) / "results.json"
+
+    def launch_overrides(self, table_dir: Path | str) -> list[str]:
+        """Overrides for a single `vitlab-train` run: this job's own, its run directory, and the table's
+        weights folder (prepare jobs export there and rows load from there via `${paths.weights_dir}`)."""
+        return [
+            *self.overrides,
+            f"hydra.run.dir={_quote(self.run_dir(table_dir))}",
+            f"paths.weights_dir={_quote(Path(table_dir) / 'weights')}",
+        ]
+
+
+def _quote(path: Path) -> str:
+    text = str(path)
+    return f"'{text}'" if _HYDRA_SPECIAL.search(text) else text
+
+
+def grid_dir(point: Sequence[tuple[str, str]]) -> str:
+    """A path-safe directory name for a grid point: optim.lr=3e-3 -> optim.lr_3e-3."""
+    return "+".join(_UNSAFE.sub("-", f"{k}_{v}") for k, v in point)
+
+
+def expand_jobs(spec: TableSpec, scale: ScaleSpec, extra: Sequence[str] = ()) -> list[Job]:
+    """See `TableSpec.jobs`. Rows with `needs` get no jobs."""
+    jobs = []
+    for row in spec.rows:
+        if row.needs:
+            continue
+        keys = [k for k, _ in row.grid] if scale.grid else []
+        points = list(itertools.product(*(vs for _, vs in row.grid))) if scale.grid and row.grid else [()]
+        for dataset in spec.datasets_at(scale.name):
+            for values in points:
+                point = tuple(zip(keys, values, strict=True))
+                for seed in scale.seeds:
+                    parts = [row.name, dataset.name, *([grid_dir(point)] if point else []), f"seed{seed}"]
+                    overrides = (
+                        *spec.overrides,
+                        *spec.dataset_overrides(dataset, scale.name),
+                        *row.overrides,
+                        *row.at_dataset.get(dataset.name, ()),
+                        *(f"{k}={v}" for k, v in point),
+                        *scale.overrides,
+                        f"seed={seed}",
+                        *extra,
+                    )
+                    jobs.append(Job("/".join(parts), row.name, dataset.name, seed, overrides, point))
+    return jobs
+
+
+def read_results(path: Path | str) -> dict[str, Any] | None:
+    """A `results.json` as a dict; None when absent. An unreadable file counts as a failed run."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {"status": "failed", "error": f"unreadable results.json: {exc}"}
+    return record if isinstance(record, dict) else {"status": "failed", "error": "results.json is not an object"}
+
+
+def job_status(job: Job, table_dir: Path | str) -> Status:
+    """ok / failed / missing; a prepare job is ok as soon as the file it produces exists."""
+    if job.produces is not None and (Path(table_dir) / job.produces).exists():
+        return "ok"
+    record = read_results(job.results_path(table_dir))
+    if record is None:
+        return "missing"
+    return "ok" if record.get("status") == "ok" else "failed"
+
+
+def pending_jobs(jobs: Iterable[Job], table_dir: Path | str) -> tuple[list[Job], list[Job]]:
+    """(to run, done): jobs whose results.json says ok are done; failed and missing ones run again."""
+    todo, done = [], []
+    for job in jobs:
+        (done if job_status(job, table_dir) == "ok" else todo).append(job)
+    return todo, done
+
+
+def archive_failed(job: Job, table_dir: Path | str) -> Path | None:
+    """Move a failed run's directory to `<run dir>.failed<N>` so the job can run again; returns the new
+    path (None when there was no failed run to move)."""
+    run_dir = job.run_dir(table_dir)
+    if job_status(job, table_dir) != "failed" or not run_dir.is_dir():
+        return None
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.failed{n}").exists():
+        n += 1
+    return run_dir.rename(run_dir.with_name(f"{run_dir.name}.failed{n}"))
+
+
+def multirun_commands(jobs: Iterable[Job], table_dir: Path | str) -> list[list[str]]:
+    """Group jobs that differ only in their seed into one `vitlab-train -m` argument list each, with
+    `hydra.sweep.dir` at the group's directory and `hydra.sweep.subdir=seed${seed}`, so a multirun writes
+    exactly the directories `Job.run_dir` names (checked in tests/test_reproduce_tables.py)."""
+    groups: dict[tuple[str, tuple[str, ...]], list[Job]] = {}
+    for job in jobs:
+        if job.produces is not None:
+            raise ValueError(f"{job.id}: prepare jobs run on their own (Job.launch_overrides), before the rows")
+        common = tuple(o for o in job.overrides if o != f"seed={job.seed}")
+        groups.setdefault((str(Path(job.id).parent), common), []).append(job)
+    commands = []
+    for (parent, common), members in groups.items():
+        seeds = ",".join(str(j.seed) for j in members)
+        sweep_dir = Path(table_dir) / parent
+        commands.append(
+            [
+                *common,
+                f"seed={seeds}",
+                f"hydra.sweep.dir={_quote(sweep_dir)}",
+                "hydra.sweep.subdir=seed${seed}",
+                f"paths.weights_dir={_quote(Path(table_dir) / 'weights')}",
+            ]
+        )
+    return commands
+
+
+def shell_line(args: Sequence[str], program: str = "vitlab-train -m") -> str:
+    """A copy-pasteable command line for logs and READMEs."""
+    return " ".join([program, *(shlex.quote(a) for a in args)])
