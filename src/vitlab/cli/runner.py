@@ -156,6 +156,8 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig, dict[str, Any]], None]
             reset_distributed(env_before)
         record["wall_s"] = round(time.time() - start, 2)
         record["run_dir"] = str(out_dir)
+        if record["status"] == "ok":
+            record.pop("error")  # only a failed run has one: a finished run's results.json holds no nulls
         if is_rank_zero and out_dir.is_dir():
             write_json(results_path, record)
     if exit_code and not is_multirun():

@@ -7,9 +7,9 @@ directories (`<table dir>/<row>/<dataset>/seed<k>/results.json`), so a broken sw
 stopped, and turns the finished `results.json` files back into a table (Markdown, CSV, LaTeX, PNG) that
 shows failed and missing cells as such and never fills them in.
 
-The library holds no launching, logging or sweeping logic: `vitlab-reproduce` (the CLI) calls
-`resolve_table` -> `TableSpec.prepare_jobs` / `TableSpec.jobs` -> `pending_jobs` -> launch ->
-`collect` -> `write_all`.
+`vitlab-reproduce` (vitlab.cli.reproduce) calls `resolve_table` -> `TableSpec.prepare_jobs` /
+`TableSpec.jobs` -> `pending_jobs` -> launch (`launch`: one `vitlab-train -m` subprocess per seed group) ->
+`collect` -> `write_all` -> W&B (`wandb_publish`).
 """
 
 from __future__ import annotations

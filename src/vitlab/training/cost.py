@@ -78,6 +78,7 @@ class CostMeter(pl.Callback):
         self.img_size, self.warmup_steps = img_size, warmup_steps
         self.macs: dict[str, int] | None = None
         self._images, self._seconds, self._steps = 0, 0.0, 0
+        self._all_images, self._all_seconds = 0, 0.0  # warm-up included: the fallback for very short runs
         self._t0 = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -101,9 +102,18 @@ class CostMeter(pl.Callback):
     ) -> None:
         self._sync(pl_module)
         self._steps += 1
+        seconds = time.perf_counter() - self._t0
+        self._all_seconds += seconds
+        self._all_images += len(batch[0])
         if self._steps > self.warmup_steps:
-            self._seconds += time.perf_counter() - self._t0
+            self._seconds += seconds
             self._images += len(batch[0])
+
+    def _throughput(self) -> float | None:
+        """Images/s over the steps after warm-up; over every step when the run had no more than warm-up."""
+        if self._seconds > 0:
+            return round(self._images / self._seconds, 2)
+        return round(self._all_images / self._all_seconds, 2) if self._all_seconds > 0 else None
 
     def results(self, device: torch.device | None = None) -> dict[str, float | int | None]:
         if device is not None and device.type == "cuda":
@@ -113,6 +123,6 @@ class CostMeter(pl.Callback):
         return {
             "cost/macs_per_image": self.macs["macs"] if self.macs else None,
             "cost/macs_no_attn_per_image": self.macs["macs_no_attn"] if self.macs else None,
-            "cost/train_img_per_s": round(self._images / self._seconds, 2) if self._seconds > 0 else None,
+            "cost/train_img_per_s": self._throughput(),
             "cost/peak_mem_mb": round(peak_mb, 1),
         }

@@ -1,0 +1,192 @@
+"""`vitlab-reproduce paper=<p> table=<t> scale=<smoke|mini|full>`: run a paper table, then aggregate it.
+
+    vitlab-reproduce                                            # list the tables and their scales
+    vitlab-reproduce paper=vix table=mini_digits scale=mini     # CPU mini-study -> outputs/tables/vix_mini_digits.*
+    vitlab-reproduce paper=eit table=imagenet scale=full hydra/launcher=submitit_slurm   # any Hydra launcher
+    vitlab-reproduce paper=ode table=vtab1k scale=full logger=wandb     # runs grouped as ode/vtab1k in W&B
+    vitlab-reproduce paper=vix table=mini_digits scale=mini aggregate_only=true   # re-render from results.json
+    vitlab-reproduce paper=vix table=mini_digits scale=mini dry_run=true          # print the commands only
+
+Each row x data set x seed is one `vitlab-train` run under `<paths.log_dir>/reproduce/<paper>/<table>/<scale>/`;
+seeds of a row run as one Hydra multirun. Runs whose `results.json` says ok are skipped, so re-running the
+command resumes a broken sweep; a failed run is recorded (its directory kept as `seed<k>.failed<n>` when it
+is retried) and the rest go on. The table is written to `<out_dir>/<paper>_<table>.{md,csv,tex,png}`
+(`<out_dir>/smoke/` at scale=smoke); the exit code is 0 only when every cell of the table has a result.
+
+Options: `stream=true` shows the training output instead of writing it to `<group>/launch.log`;
+`out_dir=<dir>` (default `<paths.log_dir>/tables`); `table=<path>.yaml` runs a table definition of your own.
+Every other `key=value` is a `vitlab-train` override passed to every run (e.g. `trainer.accelerator=gpu`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitlab.cli.config_dir import config_dir
+from vitlab.errors import ConfigError
+from vitlab.reproduce import collect, list_tables, load_table, resolve_table, table_dir, write_all
+from vitlab.reproduce.jobs import archive_failed, multirun_commands, pending_jobs, shell_line
+from vitlab.reproduce.launch import Launch, compose_error, compose_train, group_jobs, record_failure, statuses
+from vitlab.reproduce.spec import TableSpec
+from vitlab.reproduce.wandb_publish import group_overrides, publish_table, run_overrides, uses_wandb
+
+FLAGS = ("aggregate_only", "dry_run", "stream")
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+@dataclass
+class Options:
+    paper: str | None = None
+    table: str | None = None
+    scale: str = "mini"
+    log_dir: str = "outputs"
+    out_dir: str | None = None
+    aggregate_only: bool = False
+    dry_run: bool = False
+    stream: bool = False
+    extra: list[str] = field(default_factory=list)  # vitlab-train overrides for every run
+
+
+def parse_args(argv: list[str]) -> Options:
+    """`key=value` tokens: this command's own keys, and `vitlab-train` overrides passed through."""
+    opts = Options()
+    for token in argv:
+        key, sep, value = token.partition("=")
+        if not sep:
+            raise ConfigError(f"{token!r} is not key=value; usage: vitlab-reproduce paper=<p> table=<t> scale=<s>.")
+        if key in ("paper", "table", "scale", "out_dir"):
+            setattr(opts, key, value)
+        elif key in FLAGS:
+            if value.lower() not in TRUE + FALSE:
+                raise ConfigError(f"{key}={value!r} is not a boolean; allowed: true, false.")
+            setattr(opts, key, value.lower() in TRUE)
+        else:
+            if key == "paths.log_dir":
+                opts.log_dir = value
+            opts.extra.append(token)
+    if opts.table is None or (opts.paper is None and not opts.table.endswith(".yaml")):
+        raise ConfigError("paper= and table= are required; run `vitlab-reproduce` alone to list the tables.")
+    return opts
+
+
+def resolve(opts: Options) -> TableSpec:
+    """The table to run: a definition under configs/paper/, or `table=<file>.yaml` of the user's own."""
+    if opts.table is not None and opts.table.endswith(".yaml"):
+        spec = load_table(opts.table)
+        spec.scale(opts.scale)
+        return spec
+    return resolve_table(config_dir(), str(opts.paper), str(opts.table), opts.scale)
+
+
+def output_stem(spec: TableSpec, opts: Options) -> tuple[Path, str]:
+    out = Path(opts.out_dir or Path(opts.log_dir) / "tables")
+    return (out / "smoke" if opts.scale == "smoke" else out), f"{spec.paper}_{spec.table}"
+
+
+def run_prepare(spec: TableSpec, opts: Options, extra: list[str], td: Path) -> bool:
+    """Run the table's prepare steps (e.g. pre-training) that have not produced their file yet."""
+    for job in spec.prepare_jobs(opts.scale, extra):
+        if (td / str(job.produces)).exists():
+            print(f"prepare {job.row}: {job.produces} exists, skipped")
+            continue
+        archive_failed(job, td)
+        launch = Launch(job.launch_overrides(td), job.run_dir(td) / "launch.log", multirun=False)
+        if opts.dry_run:
+            print(shell_line(launch.args, "vitlab-train"))
+            continue
+        print(f"prepare {job.row} ...", end=" ", flush=True)
+        _, seconds = launch.run(opts.stream)
+        if not (td / str(job.produces)).exists():
+            print(f"failed after {seconds:.0f} s (log: {launch.log}); the rows need it, so none is launched.")
+            return False
+        print(f"done in {seconds:.0f} s")
+    return True
+
+
+def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: bool) -> None:
+    """Launch every unfinished seed group as one multirun, checking first that its overrides compose."""
+    jobs = spec.jobs(opts.scale, extra)
+    todo, done = pending_jobs(jobs, td)
+    print(f"{spec.key} at scale={opts.scale}: {len(jobs)} runs, {len(done)} already finished (skipped), "
+          f"{len(todo)} to run in {td}")  # fmt: skip
+    groups = group_jobs(todo)
+    for i, (group, members) in enumerate(groups.items(), 1):
+        for job in members:
+            archive_failed(job, td)
+        wandb_args = group_overrides(members[0].row, group) if wandb else []
+        args = multirun_commands(members, td)[0] + wandb_args
+        launch = Launch(args, td / group / "launch.log")
+        if opts.dry_run:
+            print(shell_line(args))
+            continue
+        print(f"[{i}/{len(groups)}] {group}  seeds {','.join(str(j.seed) for j in members)} ...", end=" ", flush=True)
+        error = compose_error(config_dir(), [*members[0].overrides, *wandb_args])
+        if error is not None:
+            for job in members:
+                record_failure(job, td, error)
+            print(f"failed: {error}")
+            continue
+        _, seconds = launch.run(opts.stream)
+        counts = statuses(members, td)
+        failed = (
+            f", {counts['failed'] + counts['missing']} failed (log: {launch.log})"
+            if counts["ok"] < len(members)
+            else ""
+        )
+        print(f"ok {counts['ok']}/{len(members)}{failed} · {seconds:.0f} s")
+
+
+def reproduce(opts: Options) -> int:
+    spec = resolve(opts)
+    td = table_dir(opts.log_dir, spec, opts.scale)
+    try:
+        base = compose_train(config_dir(), opts.extra)
+    except Exception as exc:
+        raise ConfigError(f"the overrides {' '.join(opts.extra)!r} do not compose with the train config: "
+                          f"{' '.join(str(exc).split())}") from exc  # fmt: skip
+    wandb = uses_wandb(base)
+    extra = [*opts.extra, *(run_overrides(spec, opts.scale, opts.extra) if wandb else [])]
+    start = time.time()
+    if not opts.aggregate_only and run_prepare(spec, opts, extra, td):
+        run_rows(spec, opts, extra, td, wandb)
+    if opts.dry_run:
+        return 0
+    results = collect(spec, opts.scale, td)
+    out_dir, stem = output_stem(spec, opts)
+    files = write_all(results, spec, out_dir, stem)
+    print("\n" + files["md"].read_text())
+    print(f"wrote {out_dir / stem}.{{md,csv,tex,png}} ({time.time() - start:.0f} s)")
+    if wandb:
+        run_dir = publish_table(spec, opts.scale, files, base.logger.wandb, td / "_aggregate")
+        print(f"W&B: table logged in group {spec.key} ({run_dir})")
+    complete = all(c.status == "ok" for r in results if not r.row.needs for c in r.cells.values())
+    return 0 if complete else 1
+
+
+def print_tables() -> None:
+    print(__doc__)
+    print("Tables (configs/paper/<paper>/<table>.yaml):")
+    for paper, tables in list_tables(config_dir()).items():
+        for table in tables:
+            scales = ", ".join(load_table(Path(config_dir()) / "paper" / paper / f"{table}.yaml").scales)
+            print(f"  paper={paper} table={table}   scales: {scales}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help", "list"):
+        print_tables()
+        return
+    try:
+        code = reproduce(parse_args(argv))
+    except ConfigError as exc:
+        print(f"\nvitlab-reproduce: error: {exc}\n", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Running a table's jobs: check that each group composes, launch it as a Hydra multirun, record what failed.
+
+Every group of seeds is one `vitlab-train -m` subprocess, so whatever launcher the overrides pick (the local
+one, `hydra/launcher=joblib`, `hydra/launcher=submitit_slurm`) runs it, and a crash in one group cannot take
+the table down. `vitlab-train` writes each job's `results.json` itself, failures included; a group whose
+overrides do not even compose never starts, so its jobs get a failed `results.json` here instead, which
+the table shows and the next run retries.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from vitlab.cli.runner import write_json
+from vitlab.reproduce.jobs import Job, job_status
+
+
+def compose_train(config_root: str, overrides: Sequence[str]) -> DictConfig:
+    """Hydra's own composition of the train config (raises what `vitlab-train` would raise at start)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_root, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def compose_error(config_root: str, overrides: Sequence[str]) -> str | None:
+    """None when `overrides` compose; else the error in one line (what a failed cell shows)."""
+    try:
+        compose_train(config_root, overrides)
+    except Exception as exc:  # any composition error makes the whole group unrunnable
+        return f"the overrides do not compose: {type(exc).__name__}: {' '.join(str(exc).split())}"
+    return None
+
+
+def record_failure(job: Job, table_dir: Path, error: str) -> None:
+    """A failed `results.json` for a job that could not start, in the shape `vitlab-train` writes."""
+    run_dir = job.run_dir(table_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        run_dir / "results.json",
+        {"status": "failed", "error": error, "seed": job.seed, "overrides": list(job.overrides), "wall_s": 0.0},
+    )
+
+
+@dataclass
+class Launch:
+    """One `vitlab-train` subprocess; `log` collects its output unless it streams to the terminal."""
+
+    args: list[str]
+    log: Path
+    multirun: bool = True
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "vitlab.cli.train", *(["-m"] if self.multirun else []), *self.args]
+
+    def run(self, stream: bool = False) -> tuple[int, float]:
+        """Run to the end; (exit code, seconds). A non-zero exit is expected when a job failed."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        start = time.time()
+        with open(self.log, "a") as out:
+            out.write(f"\n$ {' '.join(self.command())}\n")
+            out.flush()
+            target = None if stream else out
+            code = subprocess.run(self.command(), stdout=target, stderr=subprocess.STDOUT if target else None,
+                                  env=env, check=False).returncode  # fmt: skip
+        return code, time.time() - start
+
+
+def group_jobs(jobs: Sequence[Job]) -> dict[str, list[Job]]:
+    """Jobs by their seed group (`<row>/<dataset>[/<grid point>]`), the unit `multirun_commands` launches."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(str(Path(job.id).parent), []).append(job)
+    return groups
+
+
+def statuses(jobs: Sequence[Job], table_dir: Path) -> dict[str, int]:
+    counts = {"ok": 0, "failed": 0, "missing": 0}
+    for job in jobs:
+        counts[job_status(job, table_dir)] += 1
+    return counts
