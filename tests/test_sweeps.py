@@ -1,0 +1,102 @@
+"""`sweeps/*.yaml` (W&B sweep configs) and `hparams_search=optuna`.
+
+A sweep file is expanded exactly as `wandb agent` expands it (wandb's own `create_sweep_command_args`),
+and the resulting command must be `python src/vitlab/cli/train.py <overrides>` with overrides that Hydra
+composes. The Optuna search runs two trials on a tiny model, then resumes the same SQLite study.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY, compose_cfg, run_cli
+
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def sample(spec: dict[str, Any], pick: int) -> Any:
+    """A value the sweep can produce: the `pick`-th of `values`, or an end of a distribution's range."""
+    if "value" in spec:
+        return spec["value"]
+    if "values" in spec:
+        return spec["values"][pick % len(spec["values"])]
+    return spec["min"] if pick % 2 == 0 else spec["max"]
+
+
+def agent_command(sweep: dict[str, Any], pick: int) -> list[str]:
+    """The command line `wandb agent` would start for one run (wandb/wandb_agent.py, Agent._command_run)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    args = {k: {"value": sample(v, pick)} for k, v in sweep["parameters"].items()}
+    macros = create_sweep_command_args({"args": args})
+    macros.update(env=["/usr/bin/env"], interpreter=["python"], program=[sweep["program"]])
+    command: list[str] = []
+    for chunk in create_sweep_command(sweep["command"]):
+        chunk = str(chunk)
+        command += macros.get(chunk[2:-1], []) if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    return command
+
+
+def test_there_are_sweeps() -> None:
+    assert {p.stem for p in SWEEPS} >= {"digits_lr_wd", "vix_mixers", "ode_transfer"}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_parses_and_its_command_is_valid_vitlab_train_overrides(path: Path) -> None:
+    sweep = yaml.safe_load(path.read_text())
+    assert sweep["method"] in ("grid", "random", "bayes")
+    assert sweep["metric"]["name"].startswith("val/"), "sweeps optimise a validation metric, never test"
+    assert (ROOT / sweep["program"]).is_file()
+    assert "${args_no_hyphens}" in sweep["command"]
+    for pick in range(3):  # different values of every parameter
+        command = agent_command(sweep, pick)
+        assert command[:3] == ["/usr/bin/env", "python", "src/vitlab/cli/train.py"]
+        overrides = command[3:]
+        assert all("=" in o and not o.startswith("-") for o in overrides), overrides
+        cfg = compose_cfg(overrides)  # raises if any key, group or value is unknown
+        assert "wandb" in cfg.logger
+        for key, spec in sweep["parameters"].items():
+            if "/" not in key:  # a plain key: its value reached the config
+                node: Any = cfg
+                for part in key.split("."):
+                    node = node[part]
+                assert node == sample(spec, pick), key
+
+
+def optuna_args(log_dir: Path, trials: int) -> list[str]:
+    return [
+        "hparams_search=optuna",
+        f"hydra.sweeper.n_trials={trials}",
+        "hydra.sweeper.study_name=test_study",
+        *TINY,
+        f"paths.log_dir={log_dir}",
+    ]
+
+
+def test_optuna_study_of_two_trials_runs_and_resumes(tmp_path) -> None:
+    import optuna
+
+    run = run_cli("train", optuna_args(tmp_path, 2), tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path}/optuna/test_study.db"
+    study = optuna.load_study(study_name="test_study", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    results = run.results()
+    assert len(results) == 2
+    # the objective is val/acc of each trial's own results.json, never test/acc
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(r["val/acc"] for r in results))
+    lrs = {r["overrides"][0] for r in results if r["overrides"][0].startswith("optim.lr=")}
+    assert len(lrs) == 2, [r["overrides"] for r in results]  # the sampler chose two learning rates
+
+    run = run_cli("train", optuna_args(tmp_path, 1), tmp_path)  # the same command again: one more trial
+    assert run.returncode == 0, run.stderr[-3000:]
+    study = optuna.load_study(study_name="test_study", storage=storage)
+    assert len(study.trials) == 3 and study.trials[2].number == 2
+    assert "Using an existing study" in run.stderr + run.stdout
+    best = json.loads(json.dumps(study.best_params))
+    assert set(best) == {"optim.lr", "optim.weight_decay", "module.label_smoothing"}
