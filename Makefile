@@ -31,6 +31,11 @@ bench: install ## benchmarks (~15 min): mixers vs sequence length, EIT presets' 
 	$(BIN)/vitlab-bench transfer
 	for m in eit_mini eit_tiny eit_base eit_large; do $(BIN)/vitlab-bench model model=$$m data.img_size=224 || exit 1; done
 
+reproduce: install ## paper tables: the three CPU mini tables (~40 min) -> outputs/tables/; one table: ARGS="paper=eit table=imagenet scale=full"
+	@if [ -n "$(ARGS)" ]; then $(BIN)/vitlab-reproduce $(ARGS); else \
+	  for t in "vix mini_digits" "eit mini_digits" "ode mini_digits_transfer"; do set -- $$t; \
+	    $(BIN)/vitlab-reproduce paper=$$1 table=$$2 scale=mini || exit 1; done; fi
+
 lint: install ## ruff check + format check
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
@@ -43,4 +48,4 @@ clean: ## remove caches and build files (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help install train test bench lint format clean
+.PHONY: help install train test bench reproduce lint format clean
