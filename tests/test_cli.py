@@ -60,6 +60,10 @@ def test_short_training_beats_chance_by_a_wide_margin(trained) -> None:
     assert result["params/trainable_no_head"] == result["params/trainable"] - (64 * 10 + 10)
     assert f"test/acc = {result['test/acc']:.4f}" in trained.stdout
     (run_dir,) = trained.run_dirs()
+    logged = [r for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if r.get("cost/macs_per_image")]
+    assert len(logged) == 1, "the cost/* numbers reach the loggers once, at the end of fit"
+    assert float(logged[0]["cost/macs_per_image"]) == result["cost/macs_per_image"]
+    assert float(logged[0]["cost/train_img_per_s"]) == result["cost/train_img_per_s"]
     assert (run_dir / "config_resolved.yaml").is_file() and "${" not in (run_dir / "config_resolved.yaml").read_text()
 
 

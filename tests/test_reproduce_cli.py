@@ -41,6 +41,18 @@ ROWS = [
 ]
 
 
+@pytest.mark.parametrize("path", ["/tmp/a b/c", "/tmp/it's", "/tmp/é~#x", "/tmp/plain-dir_1.2", "/tmp/x,y=z"])
+def test_run_directories_survive_hydra_override_parsing(path: str) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vitlab.reproduce.jobs import Job
+
+    job = Job("row/data/seed0", "row", "data", 0, ("seed=0",))
+    parser = OverridesParser.create()
+    run_dir = parser.parse_override(job.launch_overrides(path)[1])
+    assert run_dir.key_or_group == "hydra.run.dir" and run_dir.value() == f"{path}/row/data/seed0"
+
+
 def reproduce(table: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None):
     return run_cli("reproduce", [f"table={table}", "scale=smoke", *extra], log_dir, env=env)
 
@@ -107,6 +119,10 @@ def test_aggregate_only_and_dry_run_launch_nothing(first, tmp_path) -> None:
     run = reproduce(table, tmp_path / "fresh", "dry_run=true")
     assert run.returncode == 0 and run.stdout.count("vitlab-train -m ") == 3
     assert "hydra.sweep.dir=" in run.stdout and not (tmp_path / "fresh").exists()
+    td = log_dir / "reproduce" / "demo" / "tiny" / "smoke"
+    archived = sorted(td.rglob("*.failed*"))
+    run = reproduce(table, log_dir, "dry_run=true")  # failed runs exist: a dry run must not move them
+    assert run.returncode == 0 and sorted(td.rglob("*.failed*")) == archived
 
 
 def test_wandb_offline_groups_the_runs_and_logs_the_table(tmp_path) -> None:
@@ -133,6 +149,7 @@ def test_wandb_offline_groups_the_runs_and_logs_the_table(tmp_path) -> None:
         (["paper=vix", "table=mini_digits", "scale=huge"], ["scale='huge'", "smoke, mini, full"]),
         (["paper=vix", "table=mini_digits", "dry_run=maybe"], ["dry_run='maybe'", "true, false"]),
         (["paper=vix", "table=mini_digits", "scale=smoke", "no_such_key=1"], ["no_such_key", "do not compose"]),
+        (["paper=vix", "table=mini_digits", "seed=3"], ["seed cannot be overridden", "hydra.sweep.dir"]),
     ],
 )
 def test_bad_arguments_are_one_paragraph_errors(args, fragments, tmp_path) -> None:

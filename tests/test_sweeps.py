@@ -60,6 +60,9 @@ def test_sweep_parses_and_its_command_is_valid_vitlab_train_overrides(path: Path
         assert all("=" in o and not o.startswith("-") for o in overrides), overrides
         cfg = compose_cfg(overrides)  # raises if any key, group or value is unknown
         assert "wandb" in cfg.logger
+        fixed = [o for o in sweep["command"] if o.startswith("tags=")]
+        assert not fixed or list(cfg.tags) == fixed[0][len("tags=[") : -1].split(","), cfg.tags
+        assert "sweep" in cfg.tags
         for key, spec in sweep["parameters"].items():
             if "/" not in key:  # a plain key: its value reached the config
                 node: Any = cfg

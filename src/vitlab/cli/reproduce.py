@@ -15,7 +15,8 @@ is retried) and the rest go on. The table is written to `<out_dir>/<paper>_<tabl
 
 Options: `stream=true` shows the training output instead of writing it to `<group>/launch.log`;
 `out_dir=<dir>` (default `<paths.log_dir>/tables`); `table=<path>.yaml` runs a table definition of your own.
-Every other `key=value` is a `vitlab-train` override passed to every run (e.g. `trainer.accelerator=gpu`).
+Every other `key=value` is a `vitlab-train` override passed to every run (e.g. `trainer.accelerator=gpu`,
+`hydra/launcher=joblib`), except the keys a table owns (`RESERVED`: seeds, run directories, the sweeper).
 """
 
 from __future__ import annotations
@@ -25,15 +26,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from vitlab.cli.config_dir import config_dir
 from vitlab.errors import ConfigError
 from vitlab.reproduce import collect, list_tables, load_table, resolve_table, table_dir, write_all
-from vitlab.reproduce.jobs import archive_failed, multirun_commands, pending_jobs, shell_line
+from vitlab.reproduce.jobs import (
+    archive_failed,
+    job_status,
+    multirun_commands,
+    pending_jobs,
+    prepare_command,
+    shell_line,
+)
 from vitlab.reproduce.launch import Launch, compose_error, compose_train, group_jobs, record_failure, statuses
 from vitlab.reproduce.spec import TableSpec
 from vitlab.reproduce.wandb_publish import group_overrides, publish_table, run_overrides, uses_wandb
 
 FLAGS = ("aggregate_only", "dry_run", "stream")
+# overrides the table owns: where runs go, the seeds, and the sweep itself
+RESERVED = ("hydra.sweep.dir", "hydra.sweep.subdir", "hydra.run.dir", "seed", "paths.weights_dir",
+            "hparams_search", "hydra/sweeper")  # fmt: skip
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -42,7 +55,6 @@ class Options:
     paper: str | None = None
     table: str | None = None
     scale: str = "mini"
-    log_dir: str = "outputs"
     out_dir: str | None = None
     aggregate_only: bool = False
     dry_run: bool = False
@@ -63,47 +75,56 @@ def parse_args(argv: list[str]) -> Options:
             if value.lower() not in TRUE + FALSE:
                 raise ConfigError(f"{key}={value!r} is not a boolean; allowed: true, false.")
             setattr(opts, key, value.lower() in TRUE)
+        elif key.lstrip("+~") in RESERVED:
+            raise ConfigError(
+                f"{key} cannot be overridden here: a table sets its own seeds, run directories and sweep "
+                f"({', '.join(RESERVED)}); change the table definition, or choose paths.log_dir= and a launcher."
+            )
         else:
-            if key == "paths.log_dir":
-                opts.log_dir = value
             opts.extra.append(token)
-    if opts.table is None or (opts.paper is None and not opts.table.endswith(".yaml")):
+    if opts.table is None or (opts.paper is None and not is_file(opts.table)):
         raise ConfigError("paper= and table= are required; run `vitlab-reproduce` alone to list the tables.")
     return opts
 
 
+def is_file(table: str) -> bool:
+    return table.endswith((".yaml", ".yml"))
+
+
 def resolve(opts: Options) -> TableSpec:
-    """The table to run: a definition under configs/paper/, or `table=<file>.yaml` of the user's own."""
-    if opts.table is not None and opts.table.endswith(".yaml"):
+    """The table to run: a definition under configs/paper/, or `table=<dir>/<paper>/<table>.yaml` of your own
+    (the file's folder and name must match its `paper:` and `table:`)."""
+    if opts.table is not None and is_file(opts.table):
         spec = load_table(opts.table)
         spec.scale(opts.scale)
         return spec
     return resolve_table(config_dir(), str(opts.paper), str(opts.table), opts.scale)
 
 
-def output_stem(spec: TableSpec, opts: Options) -> tuple[Path, str]:
-    out = Path(opts.out_dir or Path(opts.log_dir) / "tables")
+def output_stem(spec: TableSpec, opts: Options, log_dir: Path) -> tuple[Path, str]:
+    out = Path(opts.out_dir) if opts.out_dir else log_dir / "tables"
     return (out / "smoke" if opts.scale == "smoke" else out), f"{spec.paper}_{spec.table}"
 
 
-def run_prepare(spec: TableSpec, opts: Options, extra: list[str], td: Path) -> bool:
-    """Run the table's prepare steps (e.g. pre-training) that have not produced their file yet."""
+def run_prepare(spec: TableSpec, opts: Options, extra: list[str], td: Path) -> str | None:
+    """Run the table's prepare steps (e.g. pre-training) that have not produced their file yet; the error
+    of the first that fails (then no row can run), else None."""
     for job in spec.prepare_jobs(opts.scale, extra):
-        if (td / str(job.produces)).exists():
+        if job_status(job, td) == "ok":
             print(f"prepare {job.row}: {job.produces} exists, skipped")
             continue
-        archive_failed(job, td)
-        launch = Launch(job.launch_overrides(td), job.run_dir(td) / "launch.log", multirun=False)
+        launch = Launch(prepare_command(job, td), job.run_dir(td).parent / f"{job.row}.launch.log")
         if opts.dry_run:
-            print(shell_line(launch.args, "vitlab-train"))
+            print(shell_line(launch.args))
             continue
+        archive_failed(job, td)
         print(f"prepare {job.row} ...", end=" ", flush=True)
         _, seconds = launch.run(opts.stream)
-        if not (td / str(job.produces)).exists():
+        if job_status(job, td) != "ok":
             print(f"failed after {seconds:.0f} s (log: {launch.log}); the rows need it, so none is launched.")
-            return False
+            return f"prepare step {job.row} failed to produce {job.produces} (log: {launch.log})"
         print(f"done in {seconds:.0f} s")
-    return True
+    return None
 
 
 def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: bool) -> None:
@@ -114,14 +135,15 @@ def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: 
           f"{len(todo)} to run in {td}")  # fmt: skip
     groups = group_jobs(todo)
     for i, (group, members) in enumerate(groups.items(), 1):
-        for job in members:
-            archive_failed(job, td)
         wandb_args = group_overrides(members[0].row, group) if wandb else []
-        args = multirun_commands(members, td)[0] + wandb_args
+        (command,) = multirun_commands(members, td)  # a group differs only in its seed: one multirun
+        args = command + wandb_args
         launch = Launch(args, td / group / "launch.log")
         if opts.dry_run:
             print(shell_line(args))
             continue
+        for job in members:
+            archive_failed(job, td)
         print(f"[{i}/{len(groups)}] {group}  seeds {','.join(str(j.seed) for j in members)} ...", end=" ", flush=True)
         error = compose_error(config_dir(), [*members[0].overrides, *wandb_args])
         if error is not None:
@@ -139,30 +161,49 @@ def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: 
         print(f"ok {counts['ok']}/{len(members)}{failed} · {seconds:.0f} s")
 
 
+def fail_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, error: str) -> None:
+    """Rows cannot run without their prepare step: record that as their failure (retried next time)."""
+    todo, _ = pending_jobs(spec.jobs(opts.scale, extra), td)
+    for job in todo:
+        archive_failed(job, td)
+        record_failure(job, td, error)
+
+
 def reproduce(opts: Options) -> int:
     spec = resolve(opts)
-    td = table_dir(opts.log_dir, spec, opts.scale)
     try:
         base = compose_train(config_dir(), opts.extra)
     except Exception as exc:
         raise ConfigError(f"the overrides {' '.join(opts.extra)!r} do not compose with the train config: "
                           f"{' '.join(str(exc).split())}") from exc  # fmt: skip
+    log_dir = Path(str(OmegaConf.select(base, "paths.log_dir")))  # whatever set it: CLI, local/, root_dir
+    td = table_dir(log_dir, spec, opts.scale)
     wandb = uses_wandb(base)
     extra = [*opts.extra, *(run_overrides(spec, opts.scale, opts.extra) if wandb else [])]
     start = time.time()
-    if not opts.aggregate_only and run_prepare(spec, opts, extra, td):
-        run_rows(spec, opts, extra, td, wandb)
+    if not opts.aggregate_only:
+        error = run_prepare(spec, opts, extra, td)
+        if error is None:
+            run_rows(spec, opts, extra, td, wandb)
+        elif not opts.dry_run:
+            fail_rows(spec, opts, extra, td, error)
     if opts.dry_run:
         return 0
     results = collect(spec, opts.scale, td)
-    out_dir, stem = output_stem(spec, opts)
+    out_dir, stem = output_stem(spec, opts, log_dir)
     files = write_all(results, spec, out_dir, stem)
     print("\n" + files["md"].read_text())
     print(f"wrote {out_dir / stem}.{{md,csv,tex,png}} ({time.time() - start:.0f} s)")
     if wandb:
-        run_dir = publish_table(spec, opts.scale, files, base.logger.wandb, td / "_aggregate")
-        print(f"W&B: table logged in group {spec.key} ({run_dir})")
-    complete = all(c.status == "ok" for r in results if not r.row.needs for c in r.cells.values())
+        try:
+            run_dir = publish_table(spec, opts.scale, files, base.logger.wandb, td / "_aggregate")
+            print(f"W&B: table logged in group {spec.key} ({run_dir})")
+        except Exception as exc:  # the table is written; W&B trouble must not turn that into a crash
+            print(f"W&B: the table could not be logged ({type(exc).__name__}: {exc}); files are in {out_dir}")
+    # summary columns (e.g. VTAB group means) are partial by design at smoke: judge the data set cells
+    complete = all(
+        c.status == "ok" for r in results if not r.row.needs for c in r.cells.values() if c.kind == "dataset"
+    )
     return 0 if complete else 1
 
 
@@ -177,10 +218,10 @@ def print_tables() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help", "list"):
-        print_tables()
-        return
     try:
+        if not argv or argv[0] in ("-h", "--help", "help", "list"):
+            print_tables()
+            return
         code = reproduce(parse_args(argv))
     except ConfigError as exc:
         print(f"\nvitlab-reproduce: error: {exc}\n", file=sys.stderr)

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 Status = Literal["ok", "failed", "missing"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
-# characters Hydra's override grammar treats specially in an unquoted value
-_HYDRA_SPECIAL = re.compile(r"[\s,'\"\\\[\]{}()=:$]")
+# what Hydra's override grammar accepts in an unquoted value (anything else is quoted)
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+\-%*@?|]+")
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,13 @@ class Job:
 
 
 def _quote(path: Path) -> str:
+    """A path as a Hydra override value: as is when plain, else single-quoted. In a quoted value Hydra reads a
+    backslash as an escape only before a quote, so quotes and trailing backslashes are escaped."""
     text = str(path)
-    return f"'{text}'" if _HYDRA_SPECIAL.search(text) else text
+    if _HYDRA_PLAIN.fullmatch(text):
+        return text
+    body = text.rstrip("\\")
+    return "'" + body.replace("'", "\\'") + "\\" * 2 * (len(text) - len(body)) + "'"
 
 
 def grid_dir(point: Sequence[tuple[str, str]]) -> str:
@@ -104,13 +109,14 @@ def read_results(path: Path | str) -> dict[str, Any] | None:
 
 
 def job_status(job: Job, table_dir: Path | str) -> Status:
-    """ok / failed / missing; a prepare job is ok as soon as the file it produces exists."""
+    """ok / failed / missing; a prepare job is ok exactly when the file it produces exists (a run that says
+    ok but left no file, or whose file was deleted since, counts as failed and runs again)."""
     if job.produces is not None and (Path(table_dir) / job.produces).exists():
         return "ok"
     record = read_results(job.results_path(table_dir))
     if record is None:
         return "missing"
-    return "ok" if record.get("status") == "ok" else "failed"
+    return "ok" if record.get("status") == "ok" and job.produces is None else "failed"
 
 
 def pending_jobs(jobs: Iterable[Job], table_dir: Path | str) -> tuple[list[Job], list[Job]]:
@@ -157,6 +163,20 @@ def multirun_commands(jobs: Iterable[Job], table_dir: Path | str) -> list[list[s
             ]
         )
     return commands
+
+
+def prepare_command(job: Job, table_dir: Path | str) -> list[str]:
+    """A prepare job as a one-job `vitlab-train -m` (so the configured Hydra launcher runs it too), writing
+    exactly `Job.run_dir`: `<table dir>/_prepare/<name>`."""
+    if job.produces is None:
+        raise ValueError(f"{job.id} is not a prepare job")
+    run_dir = job.run_dir(table_dir)
+    return [
+        *job.overrides,
+        f"hydra.sweep.dir={_quote(run_dir.parent)}",
+        f"hydra.sweep.subdir={run_dir.name}",
+        f"paths.weights_dir={_quote(Path(table_dir) / 'weights')}",
+    ]
 
 
 def shell_line(args: Sequence[str], program: str = "vitlab-train -m") -> str:

@@ -47,7 +47,9 @@ def publish_table(
     the table's group; returns the run's local directory."""
     import wandb
 
-    if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")):
+    from vitlab.cli.runner import _netrc_has_wandb
+
+    if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") or _netrc_has_wandb()):
         os.environ["WANDB_MODE"] = "offline"  # as vitlab-train does: never block on a login prompt
     with open(files["csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))

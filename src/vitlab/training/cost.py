@@ -109,6 +109,13 @@ class CostMeter(pl.Callback):
             self._seconds += seconds
             self._images += len(batch[0])
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Send the `cost/*` numbers to every logger too (CSV, TensorBoard, W&B), not only to results.json."""
+        if trainer.is_global_zero:
+            numbers = {k: float(v) for k, v in self.results(pl_module.device).items() if v is not None}
+            for logger in trainer.loggers:
+                logger.log_metrics(numbers, step=trainer.global_step)
+
     def _throughput(self) -> float | None:
         """Images/s over the steps after warm-up; over every step when the run had no more than warm-up."""
         if self._seconds > 0:
