@@ -5,12 +5,12 @@ the attention matrix products; EIT's and ptflops' "FLOPs" exclude them) and trai
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from vitlab.bench.transfer import timed_train_step
 from vitlab.models.summary import param_counts
 from vitlab.training.cost import macs_breakdown
 
@@ -22,18 +22,7 @@ def measure_model(model: nn.Module, img_size: int, batch: int, steps: int, warmu
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
-    times = []
-    for i in range(warmup + steps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    times = [timed_train_step(model, optimizer, x, y, device) for _ in range(warmup + steps)][warmup:]
     record["cost/train_img_per_s"] = round(batch * len(times) / sum(times), 2)
     record.update({"batch": batch, "device": device})
     return record

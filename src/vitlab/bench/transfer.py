@@ -52,7 +52,8 @@ def build_variant(name: str, backbone: Callable[..., nn.Module], num_classes: in
     return build_classifier(backbone, num_classes=num_classes, **kwargs)
 
 
-def _timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, device: str) -> float:
+def timed_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, device: str) -> float:
+    """Seconds of one forward + backward + optimiser step (synchronised on CUDA)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -77,7 +78,7 @@ def measure_variants(
     times: dict[str, list[float]] = {name: [] for name in models}
     for r in range(warmup + rounds):
         for name, model in models.items():
-            elapsed = _timed_step(model, optimizers[name], inputs[name], y, device)
+            elapsed = timed_train_step(model, optimizers[name], inputs[name], y, device)
             if r >= warmup:
                 times[name].append(elapsed)
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
