@@ -54,14 +54,13 @@ def record_failure(job: Job, table_dir: Path, error: str) -> None:
 
 @dataclass
 class Launch:
-    """One `vitlab-train` subprocess; `log` collects its output unless it streams to the terminal."""
+    """One `vitlab-train -m` subprocess; `log` collects its output unless it streams to the terminal."""
 
     args: list[str]
     log: Path
-    multirun: bool = True
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "vitlab.cli.train", *(["-m"] if self.multirun else []), *self.args]
+        return [sys.executable, "-m", "vitlab.cli.train", "-m", *self.args]
 
     def run(self, stream: bool = False) -> tuple[int, float]:
         """Run to the end; (exit code, seconds). A non-zero exit is expected when a job failed."""
