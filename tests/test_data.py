@@ -150,3 +150,16 @@ def test_augment_none_trains_on_the_evaluation_transform(tmp_path) -> None:
     a, _ = dm.train_set[0]
     b, _ = dm.train_set[0]
     assert torch.equal(a, b)  # deterministic: no random crop or flip
+
+
+def test_randaugment_posterize_at_full_magnitude_gives_a_black_image_not_a_crash() -> None:
+    """`inc1` policies keep 0 bits at magnitude 10 (reached by `mstd` noise); Pillow >= 13 refuses 0 bits."""
+    from timm.data.auto_augment import NAME_TO_OP, rand_augment_transform
+
+    import vitlab.data.transforms  # noqa: F401  (installs the fix into timm's op table)
+
+    img = Image.new("RGB", (8, 8), (200, 120, 40))
+    assert np.asarray(NAME_TO_OP["PosterizeIncreasing"](img, 0)).max() == 0
+    assert np.asarray(NAME_TO_OP["Posterize"](img, 4)).tolist() == np.asarray(img).__and__(0xF0).tolist()
+    transform = rand_augment_transform("rand-m10-n1-inc1", {}, transforms=["PosterizeIncreasing"])
+    assert all(transform(img).size == (8, 8) for _ in range(20))

@@ -5,9 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from timm.data import create_transform
+from PIL import Image
+from timm.data import auto_augment, create_transform
 
 from vitlab.errors import ConfigError
+
+
+def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize, also for 0 bits. RandAugment's `inc1` policies keep 4 down to 0 bits as the magnitude
+    rises (0 at magnitude 10, which `mstd0.5` noise reaches); Pillow >= 13 refuses 0 bits and would crash the
+    epoch. Keeping no bit gives a black image, as timm intends and older Pillow returned."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return _timm_posterize(img, bits_to_keep, **kwargs)
+
+
+_timm_posterize = auto_augment.posterize
+for _op in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+    auto_augment.NAME_TO_OP[_op] = _posterize_any_bits  # read when a policy is built, i.e. after this import
 
 # Defaults of `data.augment` for natural-image data sets; every key can be overridden from the CLI.
 DEFAULT_AUGMENT: dict[str, Any] = {
