@@ -69,6 +69,28 @@ def run_cli(
     return CliRun(proc.returncode, proc.stdout, proc.stderr, log_dir)
 
 
+def final_weights(run_dir: Path) -> dict[str, Any]:
+    """Every tensor of a run's last.ckpt (with EMA: the averaged and the live weights)."""
+    import torch
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    live = {f"live.{k}": v for k, v in ckpt.get("current_model_state", {}).items()}
+    return {**ckpt["state_dict"], **live}
+
+
+def assert_identical(run_dir: Path, reference: Path, why: str) -> None:
+    """Two finished runs are the same experiment to the bit: test/loss, test/acc, val/acc, epochs, weights."""
+    import torch
+
+    got, want = (json.loads((d / "results.json").read_text()) for d in (run_dir, reference))
+    for key in ("test/loss", "test/acc", "val/acc", "epochs"):
+        assert got[key] == want[key], f"{why}: {key} {got[key]} != {want[key]}"
+    a, b = final_weights(run_dir), final_weights(reference)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{why}: {len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
 @pytest.fixture(autouse=True)
 def _clear_hydra() -> None:
     yield

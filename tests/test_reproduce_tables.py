@@ -24,7 +24,7 @@ from vitlab.data.vtab_tasks import REFERENCE_ROWS, TASKS, vtab_means
 from vitlab.errors import ConfigError
 from vitlab.reproduce import (
     Job,
-    archive_failed,
+    archive,
     collect,
     find_table,
     list_tables,
@@ -176,9 +176,9 @@ def test_pending_jobs_skip_ok_and_rerun_failed_and_missing(tmp_path: Path) -> No
     jobs[2].results_path(tmp_path).write_text("{not json")  # a half-written file counts as failed
     todo, done = pending_jobs(jobs, tmp_path)
     assert done == [jobs[0]] and todo == jobs[1:]
-    moved = archive_failed(jobs[1], tmp_path)
+    moved = archive(jobs[1], tmp_path)
     assert moved == jobs[1].run_dir(tmp_path).with_name("seed1.failed1") and (moved / "results.json").exists()
-    assert archive_failed(jobs[0], tmp_path) is None and archive_failed(jobs[5], tmp_path) is None
+    assert archive(jobs[0], tmp_path) is None and archive(jobs[5], tmp_path) is None
     (prepare,) = spec_of("ode/mini_digits_transfer").prepare_jobs("mini")
     assert pending_jobs([prepare], tmp_path)[0] == [prepare]
     (tmp_path / prepare.produces).parent.mkdir(parents=True)

@@ -27,6 +27,7 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """Instantiate `cfg.data`, prepare it (download only if asked) and build its splits now, so a missing
     data set is reported before any model is built."""
     datamodule: ImageDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule.seed = int(cfg.get("seed") or 0)  # the training order and augmentation draws derive from it
     if rank_zero_only.rank == 0:
         datamodule.prepare_data()
     datamodule.setup()
@@ -65,9 +66,10 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = N
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
 
 
-def log_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
-    """Send the *resolved* config to every logger once (W&B shows real values, not `${...}`)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+def log_config(trainer: pl.Trainer, cfg: DictConfig, extra: dict[str, Any] | None = None) -> None:
+    """Send the *resolved* config (plus `extra`, e.g. provenance) to every logger once (W&B shows real values,
+    not `${...}`)."""
+    resolved = {**OmegaConf.to_container(cfg, resolve=True), **(extra or {})}  # type: ignore[dict-item]
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)  # type: ignore[arg-type]
 

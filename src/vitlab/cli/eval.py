@@ -24,8 +24,10 @@ from vitlab.cli.components import (
 )
 from vitlab.cli.config_dir import config_dir
 from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
+from vitlab.cli.slurm import match_threads_to_allocation
 from vitlab.errors import ConfigError
 from vitlab.models.summary import param_counts
+from vitlab.training.interrupts import InterruptGuard
 
 log = logging.getLogger("vitlab")
 
@@ -56,7 +58,7 @@ def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.num_classes)
     record.update(param_counts(module.model))
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, extra_callbacks=[InterruptGuard()])  # a signal stops it cleanly (non-zero)
     log_config(trainer, cfg)
     metrics = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True, verbose=False)
     record.update({k: float(v) for k, v in (metrics[0] if metrics else {}).items()})
@@ -70,6 +72,7 @@ def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     configure_wandb(cfg)
     pin_run_dir_for_ddp()
+    match_threads_to_allocation()
     return run_task(cfg, evaluate).get("test/acc")
 
 

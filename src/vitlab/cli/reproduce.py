@@ -32,14 +32,22 @@ from vitlab.cli.config_dir import config_dir
 from vitlab.errors import ConfigError
 from vitlab.reproduce import collect, list_tables, load_table, resolve_table, table_dir, write_all
 from vitlab.reproduce.jobs import (
-    archive_failed,
+    archive,
     job_status,
     multirun_commands,
     pending_jobs,
     prepare_command,
     shell_line,
 )
-from vitlab.reproduce.launch import Launch, compose_error, compose_train, group_jobs, record_failure, statuses
+from vitlab.reproduce.launch import (
+    Interrupted,
+    Launch,
+    compose_error,
+    compose_train,
+    group_jobs,
+    record_failure,
+    statuses,
+)
 from vitlab.reproduce.spec import TableSpec
 from vitlab.reproduce.wandb_publish import group_overrides, publish_table, run_overrides, uses_wandb
 
@@ -117,7 +125,7 @@ def run_prepare(spec: TableSpec, opts: Options, extra: list[str], td: Path) -> s
         if opts.dry_run:
             print(shell_line(launch.args))
             continue
-        archive_failed(job, td)
+        archive(job, td)
         print(f"prepare {job.row} ...", end=" ", flush=True)
         _, seconds = launch.run(opts.stream)
         if job_status(job, td) != "ok":
@@ -131,8 +139,12 @@ def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: 
     """Launch every unfinished seed group as one multirun, checking first that its overrides compose."""
     jobs = spec.jobs(opts.scale, extra)
     todo, done = pending_jobs(jobs, td)
+    counts = statuses(todo, td)
+    notes = "".join(
+        f", {counts[k]} {label}" for k, label in (("unfinished", "continue in place"), ("stale", "stale")) if counts[k]
+    )
     print(f"{spec.key} at scale={opts.scale}: {len(jobs)} runs, {len(done)} already finished (skipped), "
-          f"{len(todo)} to run in {td}")  # fmt: skip
+          f"{len(todo)} to run{notes} in {td}")  # fmt: skip
     groups = group_jobs(todo)
     for i, (group, members) in enumerate(groups.items(), 1):
         wandb_args = group_overrides(members[0].row, group) if wandb else []
@@ -143,7 +155,8 @@ def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: 
             print(shell_line(args))
             continue
         for job in members:
-            archive_failed(job, td)
+            if (moved := archive(job, td)) is not None and moved.name.split(".")[-1].startswith("stale"):
+                print(f"{job.id}: made with other overrides than the table's row; kept as {moved.name}, re-run")
         print(f"[{i}/{len(groups)}] {group}  seeds {','.join(str(j.seed) for j in members)} ...", end=" ", flush=True)
         error = compose_error(config_dir(), [*members[0].overrides, *wandb_args])
         if error is not None:
@@ -154,9 +167,7 @@ def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: 
         _, seconds = launch.run(opts.stream)
         counts = statuses(members, td)
         failed = (
-            f", {counts['failed'] + counts['missing']} failed (log: {launch.log})"
-            if counts["ok"] < len(members)
-            else ""
+            f", {len(members) - counts['ok']} not finished (log: {launch.log})" if counts["ok"] < len(members) else ""
         )
         print(f"ok {counts['ok']}/{len(members)}{failed} · {seconds:.0f} s")
 
@@ -165,7 +176,7 @@ def fail_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, error:
     """Rows cannot run without their prepare step: record that as their failure (retried next time)."""
     todo, _ = pending_jobs(spec.jobs(opts.scale, extra), td)
     for job in todo:
-        archive_failed(job, td)
+        archive(job, td)
         record_failure(job, td, error)
 
 
@@ -226,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"\nvitlab-reproduce: error: {exc}\n", file=sys.stderr)
         raise SystemExit(2) from None
+    except Interrupted as exc:
+        print(f"\nvitlab-reproduce: {exc}; run the same command again to continue.\n", file=sys.stderr)
+        raise SystemExit(128 + exc.signum) from None
     raise SystemExit(code)
 
 

@@ -1,9 +1,11 @@
 """Run one task (a training or evaluation job) with the bookkeeping every run directory needs.
 
 `run_task` writes `config_resolved.yaml` first and `results.json` last, whatever happens in between:
-`status: ok` with the metrics, or `status: failed` with the error. In a multirun a failed job is
-recorded and the sweep goes on; a single run exits non-zero. User errors (`ConfigError`) are printed
-as one paragraph without a traceback; anything else keeps its traceback. W&B runs are always finished.
+`status: ok` with the metrics, `status: failed` with the error, or `status: interrupted` when a signal
+stopped the run (the checkpoint it continues from is written; exit code 128 + signal, also in a sweep).
+In a multirun a failed job is recorded and the sweep goes on; a single run exits non-zero. User errors
+(`ConfigError`) are printed as one paragraph without a traceback; anything else keeps its traceback. W&B
+runs are always finished.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -25,7 +26,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.utilities import rank_zero_only
 
+from vitlab.cli.in_place import ENV_RESUME, Attempt
+from vitlab.cli.run_state import results_status
+from vitlab.cli.slurm import requeue, should_requeue
 from vitlab.errors import find_config_error
+from vitlab.provenance import git_state
+from vitlab.training.interrupts import TrainingInterrupted, catch_interrupts, signal_name
 
 log = logging.getLogger("vitlab")
 
@@ -43,6 +49,7 @@ RESULT_KEYS = (
     "cost/train_img_per_s",
     "seed",
     "git_sha",
+    "git_dirty",
     "overrides",
     "wall_s",
 )
@@ -52,14 +59,6 @@ class Failures:
     """Jobs of this process that failed (a multirun exits non-zero at the end if there was any)."""
 
     count = 0
-
-
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def is_multirun() -> bool:
@@ -87,7 +86,7 @@ def pin_run_dir_for_ddp() -> None:
 
 
 # Set by Lightning's DDP launcher in the launching process; a later job of the same sweep must start clean.
-DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", ENV_RESUME)
 
 
 def reset_distributed(env_before: dict[str, str | None]) -> None:
@@ -123,24 +122,38 @@ def finish_wandb(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
 
 
-def run_task(cfg: DictConfig, task: Callable[[DictConfig, dict[str, Any]], None]) -> dict[str, Any]:
-    """Run `task(cfg, record)`; `record` collects results (metrics, params, cost) as the task goes."""
+def run_task(
+    cfg: DictConfig, task: Callable[[DictConfig, dict[str, Any]], None], attempt: Attempt | None = None
+) -> dict[str, Any]:
+    """Run `task(cfg, record)`; `record` collects results (metrics, params, cost) as the task goes.
+
+    `attempt` (training) makes the run directory's `run.json` part of the bookkeeping: the attempt's end is
+    recorded there, `results.json` counts `resumed` attempts and the total `wall_s`, and a run directory whose
+    result is not `ok` may be written again (it is the same run, continued in place).
+    """
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
     is_rank_zero = rank_zero_only.rank == 0
     record: dict[str, Any] = {k: None for k in RESULT_KEYS}
-    record.update(seed=cfg.get("seed"), git_sha=git_sha(), overrides=task_overrides(), task=cfg.get("task_name"))
+    record.update(seed=cfg.get("seed"), overrides=task_overrides(), task=cfg.get("task_name"), **git_state())
     results_path = out_dir / "results.json"
-    if is_rank_zero and results_path.exists():
+    if is_rank_zero and results_path.exists() and (attempt is None or results_status(out_dir) == "ok"):
         raise SystemExit(f"vitlab: {results_path} already exists; refusing to overwrite a finished run.")
-    exit_code = 0
+    exit_code, interrupt = 0, None
     env_before = {key: os.environ.get(key) for key in DDP_ENV}
     try:
         if is_rank_zero:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        task(cfg, record)
+        with catch_interrupts():
+            task(cfg, record)
         record["status"] = "ok"
+    except TrainingInterrupted as exc:  # a signal: the checkpoint is written, the run continues later
+        interrupt, exit_code = exc, exc.exit_code
+        record.update(status="interrupted", error=str(exc), signal=signal_name(exc.signum))
+        if exc.checkpoint is not None:
+            record["checkpoint"] = str(exc.checkpoint)
+        print(f"\nvitlab: {exc}\n", file=sys.stderr)
     except Exception as exc:  # record every failure; re-raise below unless the sweep must go on
         exit_code = 1
         Failures.count += 1
@@ -149,23 +162,52 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig, dict[str, Any]], None]
         record["error"] = str(user_error) if user_error else f"{type(exc).__name__}: {exc}"
         if user_error is None:
             record["traceback"] = traceback.format_exc()
-        _report(record["error"], user_error is not None)
+        report(record["error"], user_error is not None)
+    except BaseException as exc:  # KeyboardInterrupt (a second Ctrl+C), Lightning's exits: on record, non-zero
+        exit_code = 130 if isinstance(exc, KeyboardInterrupt) else (getattr(exc, "code", None) or 1)
+        record.update(status="interrupted", error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        raise SystemExit(exit_code) from exc
     finally:
+        if interrupt is not None:
+            mark_wandb_preempting()
         finish_wandb(exit_code)
         if is_multirun():
             reset_distributed(env_before)
-        record["wall_s"] = round(time.time() - start, 2)
+        wall = round(time.time() - start, 2)
+        record["wall_s"] = wall
         record["run_dir"] = str(out_dir)
+        if attempt is not None and attempt.state is not None:
+            record["resumed"] = attempt.resumed
+            record["wall_s"] = round(attempt.state.wall_s + wall, 2)  # all attempts of this run
+            attempt.state.end(str(record["status"]), wall, **({"signal": record["signal"]} if interrupt else {}))
         if record["status"] == "ok":
             record.pop("error")  # only a failed run has one: a finished run's results.json holds no nulls
         if is_rank_zero and out_dir.is_dir():
             write_json(results_path, record)
+            if attempt is not None and attempt.state is not None:
+                attempt.state.write(out_dir)
+    if interrupt is not None:
+        if is_rank_zero and should_requeue(interrupt.signum):
+            requeue(interrupt.signum)
+        raise SystemExit(exit_code)  # also inside a sweep: an interrupt stops the whole process
     if exit_code and not is_multirun():
         raise SystemExit(2 if record.get("traceback") is None else 1)
     return record
 
 
-def _report(message: str, user_error: bool) -> None:
+def mark_wandb_preempting() -> None:
+    """Tell W&B the run stops to be resumed, not that it crashed."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is not None:
+        try:
+            run.mark_preempting()
+        except Exception as exc:  # a logging nicety must never hide the interrupt
+            log.debug("W&B mark_preempting failed: %s", exc)
+
+
+def report(message: str, user_error: bool) -> None:
+    """A user error as one paragraph on stderr; anything else with its traceback."""
     if user_error:
         print(f"\nvitlab: error: {message}\n", file=sys.stderr)
     else:

@@ -3,12 +3,17 @@
 vitlab-train                                  # the default: a small ViT on scikit-learn's digits
 vitlab-train optim.lr=3e-3 data.batch_size=128
 vitlab-train -m optim.lr=1e-3,3e-3 seed=0,1,2 # a sweep: one run directory and results.json per job
-vitlab-train ckpt_path=outputs/runs/<date>/<time>_train/checkpoints/last.ckpt   # resume
+vitlab-train resume=outputs/runs/<date>/<time>_train     # continue an interrupted run in its own directory
+vitlab-train resume=auto <overrides>          # continue the newest unfinished run of these overrides, or start
+vitlab-train ckpt_path=<a checkpoint>         # a new run, warm-started from a checkpoint's full training state
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import seed_everything
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from vitlab.cli.checkpoint import read_checkpoint_config
 from vitlab.cli.components import (
@@ -28,11 +34,25 @@ from vitlab.cli.components import (
     update_wandb_summary,
 )
 from vitlab.cli.config_dir import config_dir
-from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
+from vitlab.cli.in_place import RunFinished, apply_attempt, open_attempt
+from vitlab.cli.resume import expand_resume_argv
+from vitlab.cli.runner import (
+    Failures,
+    configure_wandb,
+    is_multirun,
+    pin_run_dir_for_ddp,
+    report,
+    run_task,
+    task_overrides,
+)
+from vitlab.cli.slurm import match_threads_to_allocation
 from vitlab.errors import ConfigError
 from vitlab.models.summary import param_counts
+from vitlab.provenance import provenance
 from vitlab.training.cost import CostMeter
+from vitlab.training.determinism import StepSeeding
 from vitlab.training.dynamics_monitor import learned_dynamics, summarize
+from vitlab.training.interrupts import InterruptGuard, TrainingInterrupted, raise_if_interrupted
 
 log = logging.getLogger("vitlab")
 
@@ -62,17 +82,22 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     record.update(param_counts(module.model))
     print_param_table(module.model)
     cost = CostMeter(img_size=int(cfg.data.img_size))
-    trainer = build_trainer(cfg, extra_callbacks=[cost])
-    log_config(trainer, cfg)
+    # exact resume: per-step seeds, and signals turned into a checkpoint and a clean stop (docs/resume.md)
+    trainer = build_trainer(cfg, extra_callbacks=[cost, StepSeeding(cfg.seed), InterruptGuard()])
+    origin = provenance(trainer.strategy.root_device)  # versions, device, git state: in results.json and loggers
+    record.update(origin)
+    log_config(trainer, cfg, extra={"provenance": origin})
     log.info("run directory: %s", cfg.paths.output_dir)
+    raise_if_interrupted()
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        _fit(trainer, module, datamodule, cfg.get("ckpt_path"))
         record["val/acc"] = _best_val(trainer)
         record["epochs"] = trainer.current_epoch
         record["world_size"] = trainer.world_size
         record.update(cost.results(module.device))
         record.update(summarize(learned_dynamics(module.model)))  # learned a and h (ODE transfer), if any
+        raise_if_interrupted()
     if cfg.get("test", True):
         best = _test_checkpoint(cfg, trainer)
         record["best_ckpt"] = best
@@ -85,6 +110,14 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     update_wandb_summary(trainer, record)
     if trainer.is_global_zero and record.get("test/acc") is not None:
         print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
+
+
+def _fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | None) -> None:
+    """`trainer.fit`, with Lightning's own SIGTERM exit (status 0, nothing saved) reported as an interrupt."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException as exc:
+        raise TrainingInterrupted(signal.SIGTERM, None, trainer.current_epoch, trainer.global_step) from exc
 
 
 def _checkpoint_callback(trainer: Any) -> ModelCheckpoint | None:
@@ -138,11 +171,34 @@ def _best_val(trainer: Any) -> float | None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     configure_wandb(cfg)
     pin_run_dir_for_ddp()
-    record = run_task(cfg, train)
+    match_threads_to_allocation()
+    try:  # this run directory: a new run, or the same experiment continued in place (docs/resume.md)
+        attempt = open_attempt(Path(cfg.paths.output_dir), task_overrides())
+    except RunFinished as exc:
+        if not is_multirun():
+            report(str(exc), user_error=True)
+            raise SystemExit(2) from None
+        log.info("%s: finished earlier, skipped", cfg.paths.output_dir)  # a sweep run again in its directory
+        return json.loads((Path(cfg.paths.output_dir) / "results.json").read_text()).get(
+            cfg.get("optimized_metric") or "val/acc"
+        )
+    except ConfigError as exc:
+        Failures.count += 1
+        report(str(exc), user_error=True)
+        if not is_multirun():
+            raise SystemExit(2) from None
+        return None
+    apply_attempt(cfg, attempt)
+    record = run_task(cfg, train, attempt)
     return record.get(cfg.get("optimized_metric") or "val/acc")
 
 
 def main() -> None:
+    try:
+        sys.argv = [sys.argv[0], *expand_resume_argv(sys.argv[1:])]
+    except ConfigError as exc:
+        report(str(exc), user_error=True)
+        raise SystemExit(2) from None
     _hydra_main()
     if Failures.count:
         raise SystemExit(1)

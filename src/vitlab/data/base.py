@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
+from vitlab.data.sampling import EpochSampler, ResumableLoader, SeededSamples
 from vitlab.errors import ConfigError
 
 
@@ -29,6 +30,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.seed = 0  # the run's seed (set by the CLI): the training order and sample seeds derive from it
 
     @property
     @abc.abstractmethod
@@ -44,6 +46,11 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
             self.train_set, self.val_set, self.test_set = self._build()
 
     @property
+    def _world(self) -> tuple[int, int]:
+        """(world size, global rank): (1, 0) outside a trainer."""
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+
+    @property
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world:
@@ -54,16 +61,28 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         return self.batch_size // world
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        """Evaluation: a plain loader in order. Training: an `EpochSampler` (the order is a function of
+        (seed, epoch), each rank takes its slice of every global batch, full batches only, so Mixup gets an
+        even batch) feeding a `ResumableLoader`, whose position is saved in checkpoints (docs/resume.md)."""
         assert dataset is not None, "setup() builds the datasets before any loader is made"
+        batch = self.per_device_batch_size
         kwargs: dict[str, Any] = dict(
-            batch_size=self.per_device_batch_size,
+            batch_size=batch,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
-        # drop_last keeps every training batch full (Mixup needs an even batch, BatchNorm-free ViTs don't care)
-        drop_last = train and len(dataset) > kwargs["batch_size"]  # type: ignore[arg-type]
-        return DataLoader(dataset, shuffle=train, drop_last=drop_last, **kwargs)
+        if not train:
+            return DataLoader(dataset, shuffle=False, **kwargs)
+        world, rank = self._world
+        sampler = EpochSampler(dataset, batch, num_replicas=world, rank=rank, seed=self.seed)
+        return ResumableLoader(SeededSamples(dataset), sampler=sampler, **kwargs)
+
+    def train_batches_per_epoch(self) -> int:
+        """Training batches per epoch and process (what the training loader yields), without building it."""
+        self.setup()
+        world, rank = self._world
+        return EpochSampler(self.train_set, self.per_device_batch_size, world, rank).steps  # type: ignore[arg-type]
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch.utils.data import Dataset
 from torchvision.datasets import FakeData
 
@@ -10,7 +13,12 @@ from vitlab.data.transforms import build_transform
 
 
 class FakeDataModule(ImageDataModule):
-    """Random images; each split draws from its own offset so the splits differ. Nothing to learn."""
+    """Random images; each split draws from its own offset so the splits differ. Nothing to learn.
+
+    `augment` (as for the torchvision data sets: `none`, or a mapping of `hflip`, `scale`, `randaugment`,
+    `color_jitter`, `random_erasing`) runs timm's training transform on the training split, so the
+    augmentation path can be exercised without a download.
+    """
 
     def __init__(
         self,
@@ -22,18 +30,23 @@ class FakeDataModule(ImageDataModule):
         train_size: int = 64,
         val_size: int = 32,
         test_size: int = 32,
+        augment: Mapping[str, Any] | str = "none",
     ):
         super().__init__(batch_size, num_workers, img_size, pin_memory)
         self._num_classes = num_classes
         self.sizes = (train_size, val_size, test_size)
+        self.augment = augment
+        build_transform(img_size, True, (0.5,) * 3, (0.5,) * 3, augment)  # bad keys fail here, before training
 
     @property
     def num_classes(self) -> int:
         return self._num_classes
 
     def _build(self) -> tuple[Dataset, Dataset, Dataset]:
-        tf = build_transform(self.img_size, False, (0.5,) * 3, (0.5,) * 3)
+        eval_tf = build_transform(self.img_size, False, (0.5,) * 3, (0.5,) * 3)
+        train_tf = build_transform(self.img_size, True, (0.5,) * 3, (0.5,) * 3, self.augment)
+        shape = (3, self.img_size, self.img_size)
         return tuple(  # type: ignore[return-value]
-            FakeData(size, (3, self.img_size, self.img_size), self._num_classes, transform=tf, random_offset=i * 10**6)
+            FakeData(size, shape, self._num_classes, transform=train_tf if i == 0 else eval_tf, random_offset=i * 10**6)
             for i, size in enumerate(self.sizes)
         )

@@ -1,9 +1,11 @@
 """Jobs of a table: stable ids, deterministic run directories, and which of them still have to run.
 
 Every job's directory is `<table dir>/<row>/<dataset>[/<grid point>]/seed<k>`, so re-running a table finds
-the `results.json` of earlier attempts: jobs whose status is ok are skipped, failed and missing ones run.
-`vitlab-train` refuses to overwrite a `results.json`, so a failed run's directory is moved aside first
-(`archive_failed`), keeping its error for inspection.
+the `results.json` of earlier attempts: jobs whose status is ok are skipped; unfinished ones (interrupted, or
+killed before they wrote a result) are launched again in their own directory and continue from their
+`last.ckpt`; failed and missing ones run. A failed run's directory is moved aside first (`archive`), keeping
+its error for inspection, and so is a run made with other overrides than the table's current row (`stale`:
+the row was edited since), which then runs again.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from vitlab.cli.run_state import MAY_CHANGE_ON_RESUME, RunState, hydra_quote, is_under, override_key
+
 if TYPE_CHECKING:
     from vitlab.reproduce.spec import ScaleSpec, TableSpec
 
-Status = Literal["ok", "failed", "missing"]
+Status = Literal["ok", "failed", "missing", "unfinished", "stale"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
-# what Hydra's override grammar accepts in an unquoted value (anything else is quoted)
-_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+\-%*@?|]+")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,26 @@ class Job:
     overrides: tuple[str, ...]
     grid: tuple[tuple[str, str], ...] = ()
     produces: str | None = None  # prepare jobs: the file (relative to the table directory) they write
+    extra: tuple[str, ...] = ()  # the command line's overrides for every run (the last of `overrides`)
+
+    @property
+    def table_overrides(self) -> tuple[str, ...]:
+        """The overrides the table definition gives this job (without the command line's `extra`)."""
+        return self.overrides[: len(self.overrides) - len(self.extra)]
+
+    def is_stale(self, recorded: Sequence[str]) -> bool:
+        """Whether a run made with `recorded` overrides is not this job any more: an override of the table is
+        missing or changed, or one that the table no longer gives (and the command line does not) is there.
+        Trainer and logging keys outside the table's own are not compared: another machine may set them."""
+        recorded_set = set(recorded)
+        if not set(self.table_overrides) <= recorded_set:
+            return True
+        given = set(self.table_overrides) | set(self.extra)
+        extra_keys = {override_key(o) for o in self.extra}
+        return any(
+            o not in given and override_key(o) not in extra_keys and not is_under(override_key(o), MAY_CHANGE_ON_RESUME)
+            for o in recorded_set
+        )
 
     def run_dir(self, table_dir: Path | str) -> Path:
         return Path(table_dir) / self.id
@@ -49,19 +71,9 @@ class Job:
         weights folder (prepare jobs export there and rows load from there via `${paths.weights_dir}`)."""
         return [
             *self.overrides,
-            f"hydra.run.dir={_quote(self.run_dir(table_dir))}",
-            f"paths.weights_dir={_quote(Path(table_dir) / 'weights')}",
+            f"hydra.run.dir={hydra_quote(self.run_dir(table_dir))}",
+            f"paths.weights_dir={hydra_quote(Path(table_dir) / 'weights')}",
         ]
-
-
-def _quote(path: Path) -> str:
-    """A path as a Hydra override value: as is when plain, else single-quoted. In a quoted value Hydra reads a
-    backslash as an escape only before a quote, so quotes and trailing backslashes are escaped."""
-    text = str(path)
-    if _HYDRA_PLAIN.fullmatch(text):
-        return text
-    body = text.rstrip("\\")
-    return "'" + body.replace("'", "\\'") + "\\" * 2 * (len(text) - len(body)) + "'"
 
 
 def grid_dir(point: Sequence[tuple[str, str]]) -> str:
@@ -92,7 +104,9 @@ def expand_jobs(spec: TableSpec, scale: ScaleSpec, extra: Sequence[str] = ()) ->
                         f"seed={seed}",
                         *extra,
                     )
-                    jobs.append(Job("/".join(parts), row.name, dataset.name, seed, overrides, point))
+                    jobs.append(
+                        Job("/".join(parts), row.name, dataset.name, seed, overrides, point, extra=tuple(extra))
+                    )
     return jobs
 
 
@@ -109,34 +123,45 @@ def read_results(path: Path | str) -> dict[str, Any] | None:
 
 
 def job_status(job: Job, table_dir: Path | str) -> Status:
-    """ok / failed / missing; a prepare job is ok exactly when the file it produces exists (a run that says
-    ok but left no file, or whose file was deleted since, counts as failed and runs again)."""
+    """ok / failed / missing / unfinished / stale (see the module docstring). A prepare job is ok exactly when
+    the file it produces exists (a run that says ok but left no file counts as failed and runs again)."""
     if job.produces is not None and (Path(table_dir) / job.produces).exists():
         return "ok"
+    run_dir = job.run_dir(table_dir)
     record = read_results(job.results_path(table_dir))
+    state = RunState.read(run_dir)
+    recorded = record.get("overrides") if record else None
+    if recorded is None and state is not None:
+        recorded = state.overrides
+    if isinstance(recorded, list) and job.is_stale(recorded):
+        return "stale"
     if record is None:
-        return "missing"
+        return "unfinished" if state is not None else "missing"
+    if record.get("status") == "interrupted" and state is not None:
+        return "unfinished"
     return "ok" if record.get("status") == "ok" and job.produces is None else "failed"
 
 
 def pending_jobs(jobs: Iterable[Job], table_dir: Path | str) -> tuple[list[Job], list[Job]]:
-    """(to run, done): jobs whose results.json says ok are done; failed and missing ones run again."""
+    """(to run, done): jobs whose results.json says ok are done; all others run (again, or on)."""
     todo, done = [], []
     for job in jobs:
         (done if job_status(job, table_dir) == "ok" else todo).append(job)
     return todo, done
 
 
-def archive_failed(job: Job, table_dir: Path | str) -> Path | None:
-    """Move a failed run's directory to `<run dir>.failed<N>` so the job can run again; returns the new
-    path (None when there was no failed run to move)."""
+def archive(job: Job, table_dir: Path | str) -> Path | None:
+    """Move a failed or stale run's directory to `<run dir>.failed<N>` / `.stale<N>` so the job can run
+    again from scratch; returns the new path (None when there was nothing to move: unfinished runs continue
+    in place, ok runs are kept)."""
     run_dir = job.run_dir(table_dir)
-    if job_status(job, table_dir) != "failed" or not run_dir.is_dir():
+    status = job_status(job, table_dir)
+    if status not in ("failed", "stale") or not run_dir.is_dir():
         return None
     n = 1
-    while run_dir.with_name(f"{run_dir.name}.failed{n}").exists():
+    while run_dir.with_name(f"{run_dir.name}.{status}{n}").exists():
         n += 1
-    return run_dir.rename(run_dir.with_name(f"{run_dir.name}.failed{n}"))
+    return run_dir.rename(run_dir.with_name(f"{run_dir.name}.{status}{n}"))
 
 
 def multirun_commands(jobs: Iterable[Job], table_dir: Path | str) -> list[list[str]]:
@@ -157,9 +182,9 @@ def multirun_commands(jobs: Iterable[Job], table_dir: Path | str) -> list[list[s
             [
                 *common,
                 f"seed={seeds}",
-                f"hydra.sweep.dir={_quote(sweep_dir)}",
+                f"hydra.sweep.dir={hydra_quote(sweep_dir)}",
                 "hydra.sweep.subdir=seed${seed}",
-                f"paths.weights_dir={_quote(Path(table_dir) / 'weights')}",
+                f"paths.weights_dir={hydra_quote(Path(table_dir) / 'weights')}",
             ]
         )
     return commands
@@ -173,9 +198,9 @@ def prepare_command(job: Job, table_dir: Path | str) -> list[str]:
     run_dir = job.run_dir(table_dir)
     return [
         *job.overrides,
-        f"hydra.sweep.dir={_quote(run_dir.parent)}",
+        f"hydra.sweep.dir={hydra_quote(run_dir.parent)}",
         f"hydra.sweep.subdir={run_dir.name}",
-        f"paths.weights_dir={_quote(Path(table_dir) / 'weights')}",
+        f"paths.weights_dir={hydra_quote(Path(table_dir) / 'weights')}",
     ]
 
 

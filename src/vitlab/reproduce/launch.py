@@ -9,7 +9,9 @@ the table shows and the next run retries.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +23,16 @@ from omegaconf import DictConfig
 
 from vitlab.cli.runner import write_json
 from vitlab.reproduce.jobs import Job, job_status
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Interrupted(Exception):
+    """The table was interrupted by a signal while a launch ran; the launch stopped with `code`."""
+
+    def __init__(self, signum: int, code: int) -> None:
+        self.signum, self.code = signum, code
+        super().__init__(f"interrupted by {signal.Signals(signum).name} (the running job exited with {code})")
 
 
 def compose_train(config_root: str, overrides: Sequence[str]) -> DictConfig:
@@ -63,16 +75,35 @@ class Launch:
         return [sys.executable, "-m", "vitlab.cli.train", "-m", *self.args]
 
     def run(self, stream: bool = False) -> tuple[int, float]:
-        """Run to the end; (exit code, seconds). A non-zero exit is expected when a job failed."""
+        """Run to the end; (exit code, seconds). A non-zero exit is expected when a job failed.
+
+        The child runs in its own session and every interrupt this process receives (Ctrl+C, SIGTERM,
+        SIGUSR1/2) is passed on to it once, so it writes its checkpoint and stops; then `Interrupted` is
+        raised here, and re-running the same command continues the table where it stopped."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         start = time.time()
+        received: list[int] = []
         with open(self.log, "a") as out:
             out.write(f"\n$ {' '.join(self.command())}\n")
             out.flush()
             target = None if stream else out
-            code = subprocess.run(self.command(), stdout=target, stderr=subprocess.STDOUT if target else None,
-                                  env=env, check=False).returncode  # fmt: skip
+            proc = subprocess.Popen(self.command(), stdout=target, stderr=subprocess.STDOUT if target else None,
+                                    env=env, start_new_session=True)  # fmt: skip
+
+            def forward(signum: int, frame: object) -> None:
+                received.append(signum)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signum)
+
+            previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+            try:
+                code = proc.wait()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        if received:
+            raise Interrupted(received[0], code)
         return code, time.time() - start
 
 
@@ -85,7 +116,7 @@ def group_jobs(jobs: Sequence[Job]) -> dict[str, list[Job]]:
 
 
 def statuses(jobs: Sequence[Job], table_dir: Path) -> dict[str, int]:
-    counts = {"ok": 0, "failed": 0, "missing": 0}
+    counts = {"ok": 0, "failed": 0, "missing": 0, "unfinished": 0, "stale": 0}
     for job in jobs:
         counts[job_status(job, table_dir)] += 1
     return counts

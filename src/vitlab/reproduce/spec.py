@@ -157,6 +157,7 @@ class TableSpec:
                 seed=p.seed,
                 overrides=(*p.overrides, *sc.overrides, *p.at_scale.get(scale, ()), f"seed={p.seed}", *extra),
                 produces=p.produces,
+                extra=tuple(extra),
             )
             for p in self.prepare
         ]

@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab.models.summary import param_counts
 from vitlab.training.constraints import modules_with, project_parameters, regularization_loss
-from vitlab.training.optim import build_optimizer, build_scheduler
+from vitlab.training.optim import build_optimizer, build_scheduler, stepping_batches
 
 Batch = tuple[Tensor, Tensor]
 
@@ -107,8 +107,11 @@ class ClassificationModule(pl.LightningModule):
         self.log("train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        project_parameters(self._projected)  # after the optimiser step: constrained parameters stay feasible
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # right after the update (before any callback, so a checkpoint written at the step's end holds it):
+        # constrained parameters stay feasible
+        project_parameters(self._projected)
 
     def _eval_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> None:
         x, y = batch
@@ -127,13 +130,15 @@ class ClassificationModule(pl.LightningModule):
         optimizer = build_optimizer(self.model, self.hparams.optim)
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = build_scheduler(
-            optimizer,
-            self.hparams.scheduler,
-            self.trainer.max_epochs,
-            int(self.trainer.estimated_stepping_batches),
-        )
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, self.trainer.max_epochs, self._total_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        """Optimiser steps of the run, from the data module's batch count when it knows it (see `stepping_batches`)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "train_batches_per_epoch"):
+            return stepping_batches(self.trainer, datamodule.train_batches_per_epoch())
+        return int(self.trainer.estimated_stepping_batches)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         # timm schedulers are not torch LRSchedulers: they are told the update count (per-step warmup+decay)

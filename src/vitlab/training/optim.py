@@ -67,3 +67,21 @@ def build_scheduler(optimizer: Optimizer, scheduler: Mapping[str, Any], max_epoc
     if sched is None:
         raise ConfigError(f"scheduler.sched={scheduler.get('sched')!r} is not a timm scheduler.")
     return sched
+
+
+def stepping_batches(trainer: Any, batches_per_epoch: int) -> int:
+    """Optimiser steps of the whole run, as Lightning's `estimated_stepping_batches` counts them (gradient
+    accumulation, `limit_train_batches` / `overfit_batches`, `max_steps`), from the number of training batches
+    per epoch given by the data module, without building the training loader.
+
+    Lightning's property builds the fit loop's loader while the optimisers are configured, before a
+    checkpoint is restored, so the loader's saved position (a mid-epoch resume) would never be loaded.
+    """
+    limit = trainer.overfit_batches or trainer.limit_train_batches
+    batches = batches_per_epoch
+    if isinstance(limit, float):
+        batches = int(batches_per_epoch * limit) if limit < 1.0 else batches_per_epoch
+    elif isinstance(limit, int):
+        batches = min(batches_per_epoch, limit)
+    steps = math.ceil(batches / trainer.accumulate_grad_batches) * max(trainer.max_epochs or 1, 1)
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps

@@ -1,0 +1,124 @@
+"""`resume=<run dir>` and `resume=auto`: continue a run in its own directory without repeating its overrides.
+
+`vitlab-train resume=outputs/runs/2026-11-30/10-00-00_train` becomes, before Hydra sees it, the run's own
+overrides (read from its `run.json`), any trainer or logging overrides given beside `resume=` (e.g.
+`trainer.devices=4`, `logger=wandb`), and `hydra.run.dir=<run dir>`; the run then continues from its
+`last.ckpt` (vitlab.cli.in_place). `resume=auto` does the same for the newest unfinished run (interrupted,
+or killed before it wrote a result) whose overrides equal the given ones, and starts a new run when there is
+none, so one command line serves a job script that may be started several times.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from vitlab.cli.run_state import (
+    MAY_CHANGE_ON_RESUME,
+    RUN_FILE,
+    RunState,
+    hydra_quote,
+    is_under,
+    override_key,
+    results_status,
+    same_experiment,
+)
+from vitlab.errors import ConfigError
+
+log = logging.getLogger("vitlab")
+UNFINISHED = (None, "interrupted")  # results.json status of a run that can be continued by resume=auto
+
+
+def is_override(token: str) -> bool:
+    """A Hydra override (`a=b`, `+a=b`, `~a`), not a flag (`--cfg`) or a flag's value (`job`)."""
+    return not token.startswith("-") and ("=" in token or token.startswith("~"))
+
+
+def expand_resume_argv(argv: list[str]) -> list[str]:
+    """`argv` with `resume=...` replaced as described in the module docstring (unchanged without it)."""
+    tokens = [t for t in argv if t.startswith("resume=")]
+    if not tokens:
+        return argv
+    if len(tokens) > 1:
+        raise ConfigError(f"resume= was given {len(tokens)} times ({' '.join(tokens)}); give one run directory.")
+    if any(t in ("-m", "--multirun") for t in argv):
+        raise ConfigError(
+            "resume= continues one run and cannot be combined with -m/--multirun. Continue each job with "
+            "resume=<its directory>, re-run the same sweep (its jobs continue in place when hydra.sweep.dir is "
+            "fixed), or use vitlab-reproduce, which continues unfinished rows by itself."
+        )
+    value = tokens[0].split("=", 1)[1].strip()
+    rest = [t for t in argv if t is not tokens[0]]
+    overrides = [t for t in rest if is_override(t)]
+    flags = [t for t in rest if not is_override(t)]
+    if value == "auto":
+        run_dir = newest_unfinished(log_dir_of(overrides), overrides)
+        if run_dir is None:
+            log.info("resume=auto: no unfinished run with these overrides; starting a new one")
+            return rest
+        extras = [o for o in overrides if is_under(override_key(o), MAY_CHANGE_ON_RESUME)]
+    else:
+        if not value:
+            raise ConfigError("resume= needs a run directory (outputs/runs/<date>/<time>_train) or auto.")
+        run_dir = Path(value).expanduser()
+        extras = overrides
+    state = _resumable_state(run_dir, value)
+    changing = [o for o in extras if not is_under(override_key(o), MAY_CHANGE_ON_RESUME)]
+    if changing:
+        raise ConfigError(
+            f"resume={value} continues that run with its own overrides [{' '.join(state.overrides) or 'none'}]; "
+            f"{' '.join(changing)} would make it another experiment. Only trainer and logging overrides may be "
+            f"added (keys under: {', '.join(MAY_CHANGE_ON_RESUME)}). To change anything else start a new run, "
+            f"e.g. from its weights with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}."
+        )
+    replaced = {override_key(o) for o in extras}
+    merged = [o for o in state.overrides if override_key(o) not in replaced] + extras
+    log.info("resume: continuing %s (attempt %d)", run_dir, len(state.attempts) + 1)
+    return [*merged, f"hydra.run.dir={hydra_quote(run_dir.resolve())}", *flags]
+
+
+def _resumable_state(run_dir: Path, value: str) -> RunState:
+    state = RunState.read(run_dir)
+    if state is None:
+        raise ConfigError(
+            f"resume={value}: {run_dir} is not a vitlab run directory (no readable {RUN_FILE}). Give the folder "
+            "of a run (outputs/runs/<date>/<time>_train, or a sweep job's folder), or resume=auto."
+        )
+    if results_status(run_dir) == "ok":
+        raise ConfigError(
+            f"resume={value}: that run finished (results.json says ok); there is nothing to continue. "
+            "Start a new run, or warm-start one from its weights with ckpt_path=<run dir>/checkpoints/last.ckpt."
+        )
+    return state
+
+
+def log_dir_of(overrides: list[str]) -> Path:
+    """`paths.log_dir` as the train config composes it with these overrides (configs/local/ included)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from vitlab.cli.config_dir import config_dir
+
+    plain = [o for o in overrides if not is_under(override_key(o), ("hydra",))]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=plain)
+        return Path(str(OmegaConf.select(cfg, "paths.log_dir")))
+    except Exception as exc:
+        raise ConfigError(f"resume=auto: the overrides do not compose: {' '.join(str(exc).split())}") from exc
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def newest_unfinished(log_dir: Path, overrides: list[str]) -> Path | None:
+    """The most recently started unfinished run under `log_dir` (runs/ and multiruns/) of this experiment."""
+    candidates = []
+    for path in [*log_dir.glob(f"runs/*/*/{RUN_FILE}"), *log_dir.glob(f"multiruns/*/*/*/{RUN_FILE}")]:
+        state = RunState.read(path.parent)
+        if state is None or results_status(path.parent) not in UNFINISHED:
+            continue
+        if same_experiment(state.overrides, overrides, MAY_CHANGE_ON_RESUME):
+            candidates.append((state.created, path.stat().st_mtime, path.parent))
+    return max(candidates)[2] if candidates else None

@@ -1,0 +1,163 @@
+"""A run directory's identity and history: `run.json`.
+
+One experiment is one directory, whatever happens to the processes running it. `run.json` is written when a
+run starts and updated by every later attempt in the same directory (a preempted job requeued, `resume=`,
+`vitlab-reproduce` re-launching an unfinished row). It holds the overrides that define the experiment, the
+W&B run id every attempt logs to, and one entry per attempt: when and where it ran, the checkpoint it
+continued from, how it ended. `results.json` stays the run's one result, written when an attempt ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitlab.cli.slurm import slurm_job_id
+
+# what Hydra's override grammar accepts in an unquoted value (anything else is quoted)
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+\-%*@?|]+")
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+# overrides that say where and how a run executes or logs, not what it computes
+NOT_EXPERIMENT = (
+    "logger",
+    "hydra",
+    "paths",
+    "tags",
+    "resume",
+    "data.num_workers",
+    "data.pin_memory",
+    "callbacks.last_checkpoint",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+)
+# what a continued run may add or change: the above, and the trainer (devices, nodes, precision, max_epochs)
+MAY_CHANGE_ON_RESUME = (*NOT_EXPERIMENT, "trainer")
+
+
+def override_key(override: str) -> str:
+    """`+a.b=1` -> `a.b`; `~model/stem` -> `model/stem`; `trainer=ddp` -> `trainer`."""
+    return override.lstrip("+~").split("=", 1)[0].strip()
+
+
+def is_under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith((p + ".", p + "/")) for p in prefixes)
+
+
+def experiment_overrides(overrides: list[str] | tuple[str, ...], ignore: tuple[str, ...] = NOT_EXPERIMENT) -> list[str]:
+    """The overrides that define the experiment, sorted (their order never changes what Hydra composes here)."""
+    return sorted(o for o in overrides if not is_under(override_key(o), ignore))
+
+
+def same_experiment(a: list[str] | tuple[str, ...], b: list[str] | tuple[str, ...], ignore: tuple[str, ...]) -> bool:
+    return experiment_overrides(a, ignore) == experiment_overrides(b, ignore)
+
+
+def hydra_quote(path: Path | str) -> str:
+    """A path as a Hydra override value: as is when plain, else single-quoted. In a quoted value Hydra reads a
+    backslash as an escape only before a quote, so quotes and trailing backslashes are escaped."""
+    text = str(path)
+    if _HYDRA_PLAIN.fullmatch(text):
+        return text
+    body = text.rstrip("\\")
+    return "'" + body.replace("'", "\\'") + "\\" * 2 * (len(text) - len(body)) + "'"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def results_status(run_dir: Path) -> str | None:
+    """`status` of the directory's results.json (`ok`, `failed`, `interrupted`), None when there is none."""
+    path = run_dir / RESULTS_FILE
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    return str(record.get("status")) if record else "unreadable"
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    path = run_dir / LAST_CHECKPOINT
+    return path if path.is_file() else None
+
+
+def checkpoint_position(path: Path) -> dict[str, int]:
+    """{epoch, global_step} of a Lightning checkpoint, read without loading its tensors (memory-mapped)."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {"epoch": int(ckpt.get("epoch", 0)), "global_step": int(ckpt.get("global_step", 0))}
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@dataclass
+class RunState:
+    """The contents of `run.json` (see the module docstring)."""
+
+    overrides: list[str]
+    wandb_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    created: str = field(default_factory=now)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunState | None:
+        data = read_json(run_dir / RUN_FILE)
+        if data is None or not isinstance(data.get("overrides"), list):
+            return None
+        return cls(
+            overrides=[str(o) for o in data["overrides"]],
+            wandb_id=str(data.get("wandb_id") or secrets.token_hex(4)),
+            created=str(data.get("created", "")),
+            attempts=list(data.get("attempts") or []),
+        )
+
+    def write(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / RUN_FILE, asdict(self))
+
+    @property
+    def resumed(self) -> int:
+        """How many attempts continued from a checkpoint of this run."""
+        return sum(1 for a in self.attempts if a.get("resumed_from"))
+
+    @property
+    def wall_s(self) -> float:
+        """Seconds spent by the finished attempts (the current one not included)."""
+        return round(sum(float(a.get("wall_s") or 0.0) for a in self.attempts), 2)
+
+    def begin(self, resumed_from: dict[str, Any] | None) -> None:
+        self.attempts.append(
+            {
+                "started": now(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "slurm_job_id": slurm_job_id(),
+                "resumed_from": resumed_from,
+            }
+        )
+
+    def end(self, status: str, wall_s: float, **details: Any) -> None:
+        if self.attempts:
+            self.attempts[-1].update(ended=now(), status=status, wall_s=wall_s, **details)

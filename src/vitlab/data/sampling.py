@@ -1,0 +1,155 @@
+"""Training order and augmentation randomness that are functions of position, not of history.
+
+Exact resume (docs/resume.md) needs the rest of training to be decided by what a checkpoint holds. Three
+pieces make the data side of that true:
+
+- `EpochSampler`: the order of epoch `e` is a permutation drawn from `(seed, e)` alone. Step `s` of that
+  epoch trains on the same *global* batch `order[s·B : (s+1)·B]` whatever the number of processes: rank `r`
+  of `W` takes the `r`-th slice of `B / W` images, so 1 process and `trainer=ddp_cpu` see the same images
+  per optimiser step (the epoch's tail that does not fill a global batch is dropped).
+- Every index comes with a *sample seed* drawn from `(seed, epoch, index)`, and `SeededSamples` runs the
+  dataset's transform under it: the random crop, RandAugment op or affine warp of an image depends on which
+  image it is and in which epoch, not on the worker, the rank, or what ran before.
+- `ResumableLoader` counts the batches it has handed out and is *stateful* for Lightning (it has
+  `state_dict` / `load_state_dict`), so a checkpoint written in the middle of an epoch records how far the
+  epoch went and the resumed run starts at the next batch: nothing repeated, nothing skipped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 steps): nearby inputs give unrelated seeds, every run alike."""
+    state = 0x9E3779B97F4A7C15
+    for part in parts:
+        state = (state ^ (int(part) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
+        state ^= state >> 29
+    return state >> 1
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block with Python's, NumPy's and torch's CPU generators seeded from `seed`, then put them back."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+
+
+class SeededSamples(Dataset):
+    """`dataset[index]` computed under the sample seed that `EpochSampler` pairs with each index."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if not isinstance(key, tuple):  # a plain index (e.g. Lightning's overfit_batches sampler): no seed
+            return self.dataset[key]
+        index, seed = key
+        with seeded_rng(seed):
+            return self.dataset[index]
+
+
+class EpochSampler(DistributedSampler):
+    """Yields `(index, sample_seed)` for one rank; see the module docstring.
+
+    A `DistributedSampler` subclass, so Lightning neither replaces it under DDP nor forgets to call
+    `set_epoch`. `per_rank_batch` is the loader's batch size: global batch `B = per_rank_batch × world`.
+    """
+
+    def __init__(
+        self, dataset: Dataset, per_rank_batch: int, num_replicas: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.per_rank_batch = per_rank_batch
+        self.skip = 0  # samples of this rank already consumed in `self.epoch` (set by a mid-epoch resume)
+        n, global_batch = len(dataset), per_rank_batch * num_replicas  # type: ignore[arg-type]
+        if n >= global_batch:
+            self.steps, self.rank_batch = n // global_batch, per_rank_batch
+        else:  # a data set smaller than one global batch: one step, split evenly, remainder dropped
+            self.steps, self.rank_batch = 1, max(1, n // num_replicas)
+        self.num_samples = self.steps * self.rank_batch
+        self.total_size = self.num_samples * num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0  # a resume position belongs to the epoch it was recorded in
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The global order of `epoch`: a function of (seed, epoch) only."""
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        return torch.randperm(len(self.dataset), generator=generator)  # type: ignore[arg-type]
+
+    def rank_indices(self, epoch: int) -> list[int]:
+        """This rank's indices for the whole epoch, step after step."""
+        order = self.order(epoch)[: self.total_size].view(self.steps, self.num_replicas, self.rank_batch)
+        return order[:, self.rank].reshape(-1).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch, skip = self.epoch, self.skip
+        self.skip = 0  # consumed: the next pass over this epoch (if any) starts at its beginning
+        for index in self.rank_indices(epoch)[skip:]:
+            yield index, mix_seed(self.seed, epoch, index)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class ResumableLoader(DataLoader):
+    """A training `DataLoader` whose position inside the epoch is part of the checkpoint.
+
+    The count is of batches *handed out by this iterator*: Lightning does not pre-fetch from a loader with a
+    length, so at a checkpoint it equals the batches the trainer consumed (worker pre-fetching happens
+    behind the iterator and is not counted). With another sampler (Lightning swaps in a sequential one for
+    `overfit_batches`) it is a plain loader with an empty state.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_done = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.sampler
+        # a resumed epoch starts after the batches the sampler skips: they count as done
+        skipped = sampler.skip // sampler.rank_batch if isinstance(sampler, EpochSampler) else 0
+        self.batches_done = skipped
+        for batch in super().__iter__():
+            self.batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        if not isinstance(self.sampler, EpochSampler):
+            return {}
+        return {"epoch": int(self.sampler.epoch), "batches_done": int(self.batches_done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not state or not isinstance(self.sampler, EpochSampler):
+            return
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= len(self):  # saved at the end of an epoch: continue at the start of the next one
+            epoch, done = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = done * self.sampler.rank_batch
+        self.batches_done = done

@@ -1,0 +1,98 @@
+"""`LastCheckpoint`: the checkpoint a run continues from, written so that it is never half a file.
+
+`<dirpath>/last.ckpt` is written every `every_n_epochs` epochs (after validation, so it holds the epoch's
+best-model bookkeeping), every `every_n_train_steps` optimiser steps if set, and at once when a run is
+interrupted (`vitlab.training.interrupts`). Each write goes to `last.ckpt.tmp`, is flushed to disk and then
+renamed over `last.ckpt`: a kill at any moment — a second signal, SIGKILL, the node going away — leaves
+the previous complete checkpoint or the new one, never a truncated file.
+
+A checkpoint holds the model, optimiser, scheduler, AMP grad scaler, callback states (EMA, best-model
+tracking), the loops' progress and the training loader's position in its epoch (`ResumableLoader`);
+randomness is re-derived from the position (`StepSeeding`, `EpochSampler`), so it is all a run needs to
+continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Checkpoint
+
+from vitlab.errors import ConfigError
+
+log = logging.getLogger("vitlab")
+
+LAST = "last.ckpt"
+
+
+def fsync_replace(tmp: Path, target: Path) -> None:
+    """Make `tmp` durable, then atomically rename it to `target` (and make the rename durable)."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    try:
+        directory = os.open(target.parent, os.O_RDONLY)
+    except OSError:  # some file systems do not open directories; the rename is atomic regardless
+        return
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes `<dirpath>/last.ckpt` atomically; see the module docstring.
+
+    Args:
+        dirpath: the run's checkpoint folder.
+        every_n_epochs: write at the end of every n-th epoch (0: never at epoch ends).
+        every_n_train_steps: also write every n optimiser steps, inside an epoch (null: only at epoch ends).
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_epochs: int = 1, every_n_train_steps: int | None = None) -> None:
+        for key, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ConfigError(
+                    f"callbacks.last_checkpoint.{key}={value!r} must be a non-negative integer (or null)."
+                )
+        self.dirpath = Path(dirpath)
+        self.every_n_epochs = every_n_epochs
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.last_saved_step = -1
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / LAST
+
+    def save(self, trainer: pl.Trainer) -> Path:
+        """Write last.ckpt now (every rank must call this: Lightning gathers state and synchronises)."""
+        tmp = self.path.with_name(LAST + ".tmp")
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            fsync_replace(tmp, self.path)
+        trainer.strategy.barrier("LastCheckpoint.save")
+        self.last_saved_step = trainer.global_step
+        return self.path
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if not self.every_n_train_steps or step == self.last_saved_step or step % self.every_n_train_steps:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # the epoch-end checkpoint follows the epoch's validation; resuming there is the cleaner point
+        self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.save(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dirpath": str(self.dirpath)}

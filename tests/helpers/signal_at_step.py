@@ -1,0 +1,50 @@
+"""`vitlab-train`, with a signal delivered at a chosen optimiser step: the fault injector of the resume tests.
+
+    VITLAB_TEST_SIGNAL_AT=<step>:<SIGNAL> python tests/helpers/signal_at_step.py <vitlab-train overrides>
+
+At the end of the training batch that completes optimiser step <step>, rank 0 sends <SIGNAL> — SIGKILL to its
+whole process group (every DDP rank dies at once, as when a node is lost), any other signal to itself (as
+`kill` or SLURM would). Nothing else differs from `vitlab-train`: the run's overrides, and so its run.json,
+are the ones given, and a resumed run is a plain `vitlab-train resume=<run dir>`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import pytorch_lightning as pl
+
+from vitlab.cli import train
+
+
+class SignalAtStep(pl.Callback):
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step != self.step or not trainer.is_global_zero:
+            return
+        print(f"signal_at_step: {signal.Signals(self.signum).name} at step {self.step}", file=sys.stderr, flush=True)
+        if self.signum == signal.SIGKILL:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        else:
+            os.kill(os.getpid(), self.signum)
+
+
+def main() -> None:
+    step, name = os.environ["VITLAB_TEST_SIGNAL_AT"].split(":")
+    injector = SignalAtStep(int(step), getattr(signal, name))
+    build_trainer = train.build_trainer
+
+    def with_injector(cfg: Any, extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+        return build_trainer(cfg, extra_callbacks=[injector, *(extra_callbacks or [])])
+
+    train.build_trainer = with_injector
+    train.main()
+
+
+if __name__ == "__main__":
+    main()

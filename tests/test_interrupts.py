@@ -1,0 +1,84 @@
+"""Signals, in-process: SIGINT, SIGUSR1 and SIGUSR2 each write last.ckpt at the step they arrive, record
+`status: interrupted` and exit with 128 + the signal; a second signal during the checkpoint write changes
+nothing; the run then continues in place to the same result as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from conftest import CONFIGS, TINY, assert_identical
+from helpers.signal_at_step import SignalAtStep
+from vitlab.cli import train as train_cli
+from vitlab.cli.in_place import apply_attempt, open_attempt
+from vitlab.cli.runner import run_task
+from vitlab.training.checkpointing import LastCheckpoint
+
+ARGS = [*TINY, "trainer.max_epochs=2", "seed=1"]
+BUILD_TRAINER = train_cli.build_trainer
+
+
+def config(run_dir: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=ARGS)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)  # what Hydra's run directory would be
+    return cfg
+
+
+def run(run_dir: Path, monkeypatch: pytest.MonkeyPatch, at: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One attempt of `vitlab-train` in this process, with a signal at (step, signal) if given."""
+    build = BUILD_TRAINER
+    extra = [SignalAtStep(*at)] if at else []
+    monkeypatch.setattr(
+        train_cli, "build_trainer", lambda cfg, extra_callbacks=None: build(cfg, [*extra, *(extra_callbacks or [])])
+    )
+    cfg = config(run_dir)
+    attempt = open_attempt(run_dir, ARGS)
+    apply_attempt(cfg, attempt)
+    return run_task(cfg, train_cli.train, attempt)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2], ids=lambda s: s.name)
+def test_a_signal_writes_the_checkpoint_of_its_step_and_stops_non_zero(signum, tmp_path, monkeypatch) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path / "run", monkeypatch, at=(5, signum))
+    assert stop.value.code == 128 + signum
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["status"] == "interrupted" and record["signal"] == signum.name, record
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert ckpt["global_step"] == 5
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["attempts"][0]["status"] == "interrupted" and state["attempts"][0]["signal"] == signum.name
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's Ctrl+C works again
+
+
+def test_signals_during_the_checkpoint_write_change_nothing_and_the_run_continues_exactly(
+    tmp_path, monkeypatch
+) -> None:
+    save = LastCheckpoint.save
+
+    def save_under_fire(self: LastCheckpoint, trainer: Any) -> Path:
+        signal.raise_signal(signal.SIGTERM)  # a second and a third signal while the checkpoint is written
+        signal.raise_signal(signal.SIGINT)
+        return save(self, trainer)
+
+    monkeypatch.setattr(LastCheckpoint, "save", save_under_fire)
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path / "run", monkeypatch, at=(7, signal.SIGUSR1))
+    assert stop.value.code == 128 + signal.SIGUSR1  # the first signal decides
+    monkeypatch.setattr(LastCheckpoint, "save", save)
+
+    result = run(tmp_path / "run", monkeypatch)  # the same experiment, continued in place
+    assert result["status"] == "ok" and result["resumed"] == 1
+    run(tmp_path / "reference", monkeypatch)
+    assert_identical(tmp_path / "run", tmp_path / "reference", "SIGUSR1 at step 7, then SIGTERM + SIGINT mid-save")
