@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 PYTEST_ARGS ?=
+# two pytest workers of one thread each: on 2 cores, two 2-thread torch processes spin against each other
+TEST_WORKERS ?= 2
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -23,8 +25,8 @@ install: $(STAMP) ## create .venv and install vitlab (again only when pyproject.
 train: install ## train the default model (a small ViT) on digits and print test accuracy; extra overrides: ARGS="optim.lr=3e-3"
 	$(BIN)/vitlab-train $(ARGS)
 
-test: install lint ## run ruff and the test suite (PYTEST_ARGS="-k resume" to select)
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: install lint ## run ruff and the test suite (PYTEST_ARGS="-k resume" to select; TEST_WORKERS=0: one process)
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install ## benchmarks (~15 min): mixers vs sequence length, EIT presets' cost, transfer methods' step cost -> outputs/bench/
 	$(BIN)/vitlab-bench attention $(ARGS)

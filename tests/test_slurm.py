@@ -1,0 +1,150 @@
+"""Against a real SLURM (a one-node cluster on localhost, scripts/slurm_local.sh): a sweep through Hydra's
+submitit launcher; a job preempted with `scontrol requeue` continues in place and ends identical to its
+unpreempted twin; a job whose time limit comes first is warned, requeued by vitlab, and finishes.
+
+Each test bounds its wait and cancels its jobs on the way out (submitit waits forever for a job that ended
+without a result when SLURM has no accounting, as here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, assert_identical
+
+pytestmark = pytest.mark.slurm
+SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    """The local cluster: already running (CI starts it), or started here when we may; else a clear skip."""
+    if shutil.which("sbatch") and subprocess.run([str(SCRIPT), "status"], capture_output=True).returncode == 0:
+        return
+    if os.geteuid() != 0:
+        pytest.skip("no SLURM running and not root: start one with `sudo scripts/slurm_local.sh start`")
+    started = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        pytest.skip(f"the local SLURM could not start: {started.stderr.strip()[-500:]}")
+
+
+@pytest.fixture
+def job_name() -> Iterator[str]:
+    """A name for this test's SLURM jobs; whatever is left of them is cancelled afterwards."""
+    name = f"vitlab-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    subprocess.run(["scancel", f"--name={name}"], capture_output=True)
+
+
+def launcher(name: str, *extra: str) -> list[str]:
+    return [
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.partition=debug",
+        f"hydra.launcher.name={name}",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=10",
+        *extra,
+    ]
+
+
+def start_sweep(args: list[str], log_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "vitlab.cli.train", "-m", *args, f"paths.log_dir={log_dir}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"the sweep did not finish in {timeout:.0f} s:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def wait_for(root: Path, pattern: str, timeout: float) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = sorted(root.glob(pattern))
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    pytest.fail(f"nothing matched {root}/{pattern} within {timeout:.0f} s")
+
+
+def test_a_two_job_sweep_runs_through_the_submitit_launcher(slurm, job_name: str, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = start_sweep([*TINY, "seed=0,1", *launcher(job_name), f"hydra.sweep.dir={sweep}"], tmp_path)
+    finish(proc, timeout=300)
+    results = [json.loads((sweep / str(n) / "results.json").read_text()) for n in (0, 1)]
+    assert [r["status"] for r in results] == ["ok", "ok"] and [r["seed"] for r in results] == [0, 1]
+    attempts = [json.loads((sweep / str(n) / "run.json").read_text())["attempts"] for n in (0, 1)]
+    assert all(len(a) == 1 and a[0]["slurm_job_id"] for a in attempts)  # each ran as a SLURM job
+
+
+def test_a_preempted_job_continues_in_place_and_ends_identical(slurm, job_name: str, tmp_path: Path) -> None:
+    """Job 1 is requeued (SIGTERM, then SLURM puts it back in the queue) once it has a checkpoint; job 0 is its
+    unpreempted twin (they differ only in the logging cadence). The sweep directory is Hydra's default, with
+    `${now:...}` in it: the requeued job must find the same one."""
+    args = [*TINY, "trainer.max_epochs=12", "seed=3", "trainer.log_every_n_steps=10,11", *launcher(job_name)]
+    proc = start_sweep(args, tmp_path)
+    last = wait_for(tmp_path, "multiruns/*/*/1/checkpoints/last.ckpt", timeout=240)
+    run_dir = last.parents[1]
+    job_id = json.loads((run_dir / "run.json").read_text())["attempts"][0]["slurm_job_id"]
+    scontrol("requeue", str(job_id))
+    finish(proc, timeout=420)
+
+    assert len(list(tmp_path.glob("multiruns/*/*/1"))) == 1  # one directory for the job, both attempts in it
+    state = json.loads((run_dir / "run.json").read_text())
+    first, second = state["attempts"][0], state["attempts"][-1]
+    assert first["status"] == "interrupted" and first["signal"] == "SIGTERM", state
+    assert second["resumed_from"] and second["slurm_job_id"] == str(job_id), state
+    assert json.loads((run_dir / "results.json").read_text())["resumed"] >= 1
+    assert_identical(run_dir, run_dir.with_name("0"), f"requeued at step {second['resumed_from']['global_step']}")
+
+
+def test_a_job_that_reaches_its_time_limit_is_requeued_and_finishes(slurm, job_name: str, tmp_path: Path) -> None:
+    """Once the job trains, its time limit is cut to one minute (`scontrol update`), with the warning 5 s before
+    it: SLURM checks limits every 30 s, so SIGUSR2 arrives within half a minute. vitlab saves, requeues the
+    job (it goes back to the queue: its limit is restored there) and the job continues in place to the end."""
+    sweep = tmp_path / "sweep"
+    extra = ["hydra.launcher.signal_delay_s=5"]
+    args = [*TINY, "trainer.max_epochs=40", "seed=0", *launcher(job_name, *extra), f"hydra.sweep.dir={sweep}"]
+    proc = start_sweep(args, tmp_path)
+    wait_for(sweep, "0/checkpoints/last.ckpt", timeout=240)
+    job_id = json.loads((sweep / "0" / "run.json").read_text())["attempts"][0]["slurm_job_id"]
+    scontrol("update", f"jobid={job_id}", "TimeLimit=1")
+    deadline = time.time() + 120
+    while time.time() < deadline and "interrupted" not in (sweep / "0" / "run.json").read_text():
+        time.sleep(0.5)
+    scontrol("update", f"jobid={job_id}", "TimeLimit=10")
+    finish(proc, timeout=420)
+
+    state = json.loads((sweep / "0" / "run.json").read_text())
+    result = json.loads((sweep / "0" / "results.json").read_text())
+    assert result["status"] == "ok" and result["epochs"] == 40 and result["resumed"] >= 1, state
+    first = state["attempts"][0]
+    assert first["status"] == "interrupted" and first["signal"] == "SIGUSR2", state  # the time-limit warning
+    assert state["attempts"][1]["resumed_from"]["global_step"] > 0, state
+
+
+def scontrol(*args: str) -> None:
+    done = subprocess.run(["scontrol", *args], capture_output=True, text=True)
+    assert done.returncode == 0, f"scontrol {' '.join(args)}: {done.stderr}"
