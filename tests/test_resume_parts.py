@@ -241,3 +241,25 @@ def test_provenance_names_versions_and_the_state_of_the_tree() -> None:
     state = git_state(str(Path(__file__).parent))
     assert len(state["git_sha"]) == 40 and isinstance(state["git_dirty"], bool)
     assert (state["git_diff_sha256"] == "clean") != state["git_dirty"]
+
+
+def test_a_run_directory_is_continued_only_by_its_own_experiment(tmp_path: Path) -> None:
+    from vitlab.cli.in_place import RunFinished, open_attempt
+
+    run_dir = tmp_path / "run"
+    first = open_attempt(run_dir, ["optim.lr=1e-3", "trainer.devices=1"])
+    assert first.checkpoint is None and first.state is not None and first.state.resumed == 0
+    (run_dir / "checkpoints").mkdir()
+    torch.save({"epoch": 2, "global_step": 40, "state_dict": {}}, run_dir / "checkpoints" / "last.ckpt")
+    second = open_attempt(run_dir, ["trainer.devices=2", "optim.lr=1e-3"])  # the trainer may change
+    assert second.checkpoint == run_dir / "checkpoints" / "last.ckpt" and second.position == {
+        "epoch": 2,
+        "global_step": 40,
+    }
+    assert second.resumed == 1 and len(json.loads((run_dir / "run.json").read_text())["attempts"]) == 2
+    with pytest.raises(ConfigError, match=r"another experiment.*differing: optim.lr=1e-3 optim.lr=3e-3"):
+        open_attempt(run_dir, ["optim.lr=3e-3"])
+    (run_dir / "results.json").write_text(json.dumps({"status": "ok"}))
+    with pytest.raises(RunFinished, match="never overwritten"):
+        open_attempt(run_dir, ["optim.lr=1e-3"])
+    assert len(json.loads((run_dir / "run.json").read_text())["attempts"]) == 2  # refusals write nothing
