@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import seed_everything
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from vitlab.cli.checkpoint import read_checkpoint_config
@@ -81,6 +82,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     module = build_module(cfg, datamodule.num_classes)
     record.update(param_counts(module.model))
     print_param_table(module.model)
+    record_weights_report(module.model, Path(cfg.paths.output_dir), record)
     cost = CostMeter(img_size=int(cfg.data.img_size))
     # exact resume: per-step seeds, and signals turned into a checkpoint and a clean stop (docs/resume.md)
     trainer = build_trainer(cfg, extra_callbacks=[cost, StepSeeding(cfg.seed), InterruptGuard()])
@@ -110,6 +112,17 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     update_wandb_summary(trainer, record)
     if trainer.is_global_zero and record.get("test/acc") is not None:
         print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
+
+
+def record_weights_report(model: torch.nn.Module, run_dir: Path, record: dict[str, Any]) -> None:
+    """When weights were loaded: the counts in results.json, the full lists in weights_report.json."""
+    report = getattr(model, "weights_report", None)
+    if report is None:
+        return
+    record.update(report.counts())
+    if rank_zero_only.rank == 0:
+        report.write(run_dir / "weights_report.json")
+        print(report.table())
 
 
 def _fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | None) -> None:

@@ -1,10 +1,11 @@
 """`model.freeze`: which tensors of the pre-trained backbone are trained.
 
 Transfer methods (step sizes, the PEFT baselines) train only what they add, plus the head. "Pre-trained"
-means every tensor the stock timm backbone was built with, matched by name *and* shape after all
-adapters are installed: a mixer that keeps timm's `qkv`/`proj` keeps them frozen, a tensor a slot adds
-(a Nyström `res_conv`, a step size, a prompt) or one whose shape a slot changed (a new stem) stays
-trainable, and the classifier (timm's `head` or the head slot) is always trainable.
+means every tensor loaded from `model.backbone.weights` (the weights report's `loaded`); without weights,
+every tensor the stock timm backbone was built with, matched by name *and* shape after all adapters are
+installed. Either way a mixer that keeps timm's `qkv`/`proj` keeps them frozen, a tensor a slot adds (a
+Nyström `res_conv`, a step size, a prompt) or one whose shape a slot changed (a new stem) stays trainable,
+and the classifier (timm's `head` or the head slot) is always trainable.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ TIMM_HEAD_PREFIX = "head."
 
 
 def parameter_shapes(vit: nn.Module) -> dict[str, torch.Size]:
-    """Name -> shape of the backbone's parameters (taken right after timm built it)."""
+    """Name -> shape of a module's parameters (the backbone's: taken right after timm built it)."""
     return {name: p.shape for name, p in vit.named_parameters()}
 
 

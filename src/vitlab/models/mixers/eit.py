@@ -98,7 +98,7 @@ def install_eit_mixer(
 
     official_init: the EIT code's initialisation for the whole model — Linear trunc-normal(0.01) with zero
     bias, Conv2d Kaiming-normal (fan_out) with zero bias, LayerNorm (1, 0), class token trunc-normal(0.02).
-    It overwrites loaded weights: set it false with `model.backbone.weights=file:...`.
+    Pre-trained weights are loaded after the slots are installed, so it touches only what they do not provide.
     """
     geo = geometry_of(vit)
     for i, block in enumerate(vit.blocks):
@@ -118,7 +118,7 @@ def install_eit_mixer(
 
 
 def eit_init(vit: VisionTransformer) -> None:
-    """The official EIT initialisation, applied to the whole model (it re-initialises loaded weights)."""
+    """The official EIT initialisation, applied to the whole model (before any weights are loaded)."""
     for m in vit.modules():
         if isinstance(m, nn.Linear):
             trunc_normal_(m.weight, std=0.01)

@@ -75,8 +75,12 @@ def install_conv_stem(
     widths: Sequence[int] = (32, 64),
     strides: Sequence[int] | None = None,
     activation: str = "none",
+    only_from_scratch: bool = False,
 ) -> VisionTransformer:
-    """Replace `vit.patch_embed` by a `ConvStem` with the same image size, patch size and width."""
+    """Replace `vit.patch_embed` by a `ConvStem` with the same image size, patch size and width.
+
+    `only_from_scratch` (`model/stem=auto`, the default model's stem) is read by `build_classifier`: the stem
+    is skipped when the backbone loads pre-trained weights, whose patch embedding is then kept."""
     img_size, patch, in_chans, dynamic = stem_inputs(vit)
     vit.patch_embed = ConvStem(img_size, patch, vit.embed_dim, in_chans, widths, strides, activation, dynamic)
     return vit
