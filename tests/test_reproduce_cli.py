@@ -37,7 +37,7 @@ def write_table(root: Path, rows: list[dict]) -> Path:
 ROWS = [
     {"name": "vit", "label": "ViT", "overrides": [], "paper": 90.0},
     {"name": "broken", "label": "Unknown mixer", "overrides": ["model/mixer=no_such_mixer"], "paper": 80.0},
-    {"name": "crash", "label": "Negative learning rate", "overrides": ["optim.lr=-1"]},  # fails in the run
+    {"name": "crash", "label": "Unknown optimiser", "overrides": ["optim.opt=no_such_optimizer"]},  # fails in the run
 ]
 
 
@@ -92,7 +92,7 @@ def test_failing_rows_are_recorded_and_the_table_still_renders(first) -> None:
     _, log_dir, run = first
     rows = cell_rows(log_dir)
     assert rows["broken"]["status"] == "failed" and "no_such_mixer" in rows["broken"]["error"]
-    assert rows["crash"]["status"] == "failed" and "Invalid learning rate" in rows["crash"]["error"]
+    assert rows["crash"]["status"] == "failed" and "no_such_optimizer" in rows["crash"]["error"]
     assert rows["broken"]["paper_value"] == "80.0" and rows["broken"]["mean"] == ""  # never filled in
     md = (log_dir / "tables" / "smoke" / "demo_tiny.md").read_text()
     assert "## Failures" in md and "no_such_mixer" in md

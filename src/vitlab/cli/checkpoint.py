@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, unreadable_file_reason
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, or not a torch file
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first_line = unreadable_file_reason(exc)
         raise ConfigError(
             f"ckpt_path={path} could not be read as a checkpoint ({first_line}). It is corrupt, truncated, or "
             "not a file written by vitlab-train (outputs/runs/<date>/<time>_train/checkpoints/*.ckpt)."

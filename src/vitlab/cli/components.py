@@ -6,16 +6,19 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from vitlab.cli.runner import task_overrides
 from vitlab.data.base import ImageDataModule
+from vitlab.errors import ConfigError
 from vitlab.models.summary import param_counts, trainable_rows
 from vitlab.training.module import ClassificationModule
 from vitlab.training.optim import scale_lr
@@ -61,9 +64,26 @@ def _instantiate_named(group: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+    check_accelerator(cfg)
     callbacks = _instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
     loggers: list[Logger] = _instantiate_named(cfg.get("logger"))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    except Exception as exc:  # Lightning's own checks (strategy, devices): its message, as one paragraph
+        cause = exc.__cause__ or exc
+        if isinstance(cause, MisconfigurationException):
+            raise ConfigError(f"trainer: {' '.join(str(cause).split())}") from exc
+        raise
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU trainer on a machine without one fails here, with the way out, not deep inside Lightning."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no usable CUDA GPU (torch.cuda.is_available() "
+            "is False). Use trainer=cpu (or trainer.accelerator=auto), or run on a GPU node."
+        )
 
 
 def log_config(trainer: pl.Trainer, cfg: DictConfig, extra: dict[str, Any] | None = None) -> None:

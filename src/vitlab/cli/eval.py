@@ -25,6 +25,7 @@ from vitlab.cli.components import (
 from vitlab.cli.config_dir import config_dir
 from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
 from vitlab.cli.slurm import match_threads_to_allocation
+from vitlab.cli.validate import check_config
 from vitlab.errors import ConfigError
 from vitlab.models.summary import param_counts
 from vitlab.training.interrupts import InterruptGuard
@@ -35,6 +36,12 @@ log = logging.getLogger("vitlab")
 def run_config(cfg: DictConfig) -> DictConfig:
     """`cfg` (trainer, logger, paths) merged with the trained run's model/optim/module, and its data unless
     `data=` was given; pre-trained weights are not fetched again (the checkpoint holds them)."""
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "vitlab-eval needs ckpt_path=<a checkpoint written by vitlab-train>, e.g. "
+            "ckpt_path=outputs/runs/<date>/<time>_train/checkpoints/epoch_007.ckpt."
+        )
+    check_config(cfg)
     saved = read_checkpoint_config(cfg.ckpt_path)
     if saved is None:
         raise ConfigError(

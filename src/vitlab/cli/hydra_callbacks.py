@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,3 +20,35 @@ class MakeStorageDir(Callback):
         storage = config.hydra.sweeper.get("storage")
         if isinstance(storage, str) and storage.startswith(SQLITE):
             Path(storage[len(SQLITE) :]).parent.mkdir(parents=True, exist_ok=True)
+
+
+class CheckRunDirectory(Callback):
+    """Before Hydra creates the run directory or writes `.hydra/` into it: the directory must be writable, and
+    must not hold a finished run (whose files would be overwritten). One paragraph and exit 2 otherwise."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check(Path(str(config.hydra.run.dir)), "hydra.run.dir", finished_refused=True)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir", finished_refused=False)
+
+
+def _check(run_dir: Path, key: str, finished_refused: bool) -> None:
+    from vitlab.cli.run_state import results_status
+    from vitlab.cli.validate import writable_dir
+
+    if not writable_dir(run_dir):
+        _refuse(
+            f"{key}={run_dir} cannot be created or written (a file in the way, no permission, or a read-only file "
+            "system). Choose another paths.log_dir (or hydra.run.dir)."
+        )
+    if finished_refused and results_status(run_dir) == "ok":
+        _refuse(
+            f"{key}={run_dir} holds a finished run (results.json says ok); nothing of it is overwritten. Start a new "
+            "run (another hydra.run.dir), or one warm-started from it with ckpt_path=<its checkpoints/last.ckpt>."
+        )
+
+
+def _refuse(message: str) -> None:
+    print(f"\nvitlab: error: {message}\n", file=sys.stderr)
+    raise SystemExit(2)

@@ -29,7 +29,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from vitlab.cli.in_place import ENV_RESUME, Attempt
 from vitlab.cli.run_state import results_status
 from vitlab.cli.slurm import requeue, should_requeue
-from vitlab.errors import find_config_error
+from vitlab.errors import find_config_error, unknown_key_error, user_message
 from vitlab.provenance import git_state
 from vitlab.training.interrupts import TrainingInterrupted, catch_interrupts, signal_name
 
@@ -157,9 +157,9 @@ def run_task(
     except Exception as exc:  # record every failure; re-raise below unless the sweep must go on
         exit_code = 1
         Failures.count += 1
-        user_error = find_config_error(exc)
+        user_error = find_config_error(exc) or unknown_key_error(exc, cfg)
         record["status"] = "failed"
-        record["error"] = str(user_error) if user_error else f"{type(exc).__name__}: {exc}"
+        record["error"] = user_message(user_error) if user_error else f"{type(exc).__name__}: {exc}"
         if user_error is None:
             record["traceback"] = traceback.format_exc()
         report(record["error"], user_error is not None)

@@ -47,6 +47,8 @@ from vitlab.cli.runner import (
     task_overrides,
 )
 from vitlab.cli.slurm import match_threads_to_allocation
+from vitlab.cli.validate import check_config, writable_dir
+from vitlab.data.corrupt import CheckedImageFolder
 from vitlab.errors import ConfigError
 from vitlab.models.summary import param_counts
 from vitlab.provenance import provenance
@@ -73,6 +75,7 @@ def check_resume(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
+    check_config(cfg)  # types and ranges first: nothing is built from a value that cannot work
     seed_everything(cfg.seed, workers=True)
     check_resume(cfg)
     if cfg.get("test_checkpoint", "best") not in ("best", "last"):  # fail before training, not after
@@ -109,6 +112,8 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     if export is not None and trainer.is_global_zero:
         export_backbone(module.model, export)
         record["exported_weights"] = str(export)
+    if CheckedImageFolder.skipped.value:
+        record["data/skipped_corrupt"] = CheckedImageFolder.skipped.value
     update_wandb_summary(trainer, record)
     if trainer.is_global_zero and record.get("test/acc") is not None:
         print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
@@ -159,6 +164,8 @@ def _export_path(cfg: DictConfig) -> Path | None:
         raise ConfigError(f"export_weights={path} must end in .safetensors.")
     if path.exists():
         raise ConfigError(f"export_weights={path} already exists; delete it or choose another path.")
+    if not writable_dir(path.parent):
+        raise ConfigError(f"export_weights={path}: {path.parent} cannot be created or written; choose another path.")
     return path
 
 

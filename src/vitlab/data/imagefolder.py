@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from vitlab.data.base import ImageDataModule
+from vitlab.data.corrupt import CheckedImageFolder
 from vitlab.data.splits import hold_out_val
 from vitlab.data.torchvision_sets import IMAGENET_MEAN, IMAGENET_STD
 from vitlab.data.transforms import build_transform
@@ -37,6 +38,7 @@ class ImageFolderDataModule(ImageDataModule):
         std: Sequence[float] = IMAGENET_STD,
         augment: Mapping[str, Any] | None = None,
         crop_pct: float = 1.0,
+        skip_corrupt: bool = False,
     ):
         super().__init__(batch_size, num_workers, img_size, pin_memory)
         self.root = Path(root)
@@ -47,6 +49,7 @@ class ImageFolderDataModule(ImageDataModule):
         if not self.classes:
             raise ConfigError(f"data.root={self.root}/train holds no class folders. Expected layout: {LAYOUT}.")
         self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.skip_corrupt = skip_corrupt
         self.train_tf = build_transform(img_size, True, mean, std, augment)
         self.eval_tf = build_transform(img_size, False, mean, std, crop_pct=crop_pct)
 
@@ -55,14 +58,23 @@ class ImageFolderDataModule(ImageDataModule):
         return len(self.classes)
 
     def _folder(self, split: str, transform: Any) -> ImageFolder:
-        folder = ImageFolder(str(self.root / split), transform=transform)
-        if folder.classes != self.classes:
-            extra = sorted(set(folder.classes) - set(self.classes))
+        present = sorted(p.name for p in (self.root / split).iterdir() if p.is_dir())
+        missing, extra = sorted(set(self.classes) - set(present)), sorted(set(present) - set(self.classes))
+        if missing or extra:
+            problems = [
+                f"lacks {missing[:5]}" if missing else "",
+                f"has {extra[:5]} that train/ lacks" if extra else "",
+            ]
             raise ConfigError(
-                f"data.root={self.root}/{split} has classes that train/ lacks ({extra[:5]}); every split must "
-                "use the class folders of train/."
+                f"data.root={self.root}/{split} {' and '.join(p for p in problems if p)}; every split must have "
+                "exactly the class folders of train/ (labels are numbered by them)."
             )
-        return folder
+        try:
+            return CheckedImageFolder(str(self.root / split), transform, self.skip_corrupt)
+        except FileNotFoundError as exc:  # torchvision: a class folder without a single image file
+            raise ConfigError(
+                f"data.root={self.root}/{split}: {exc}. Remove the empty class folder (from every split) or add images."
+            ) from exc
 
     def _build(self) -> tuple[Dataset, Dataset, Dataset]:
         test = self._folder("test", self.eval_tf)

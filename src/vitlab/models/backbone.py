@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 from timm.models.vision_transformer import VisionTransformer
@@ -82,13 +87,7 @@ def create_backbone(
                 f"{WEIGHTS_KEY}=hub:{spec.ref} is for architecture {arch!r} but model.backbone.name={name!r}; "
                 "set both to the same architecture."
             )
-        try:
-            model = timm.create_model(spec.ref, pretrained=True, **kwargs)
-        except Exception as exc:
-            raise ConfigError(
-                f"{WEIGHTS_KEY}=hub:{spec.ref} could not be loaded ({exc}). It needs network access to the "
-                "Hugging Face hub (or a filled cache); offline, download the weights once and use file:<path>."
-            ) from exc
+        model = _from_hub(spec.ref, kwargs)
     else:
         model = timm.create_model(name, pretrained=False, **kwargs)
     if not isinstance(model, VisionTransformer):
@@ -102,6 +101,50 @@ def create_backbone(
         nn.init.trunc_normal_(model.head.weight, std=0.02)  # timm's own head init, as if built untrained
         nn.init.zeros_(model.head.bias)
     return model
+
+
+def _from_hub(ref: str, kwargs: dict[str, Any]) -> VisionTransformer:
+    """timm's pretrained model, quietly: from the local cache when the hub cannot be reached (one quick
+    connection check instead of huggingface_hub's ten retries over 50 s), else downloaded."""
+    online = _hub_reachable()
+    quiet = logging.getLogger("huggingface_hub")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        with _offline(not online):
+            return timm.create_model(ref, pretrained=True, **kwargs)
+    except Exception as exc:
+        reason = "not in the local cache, and huggingface.co cannot be reached" if not online else str(exc)
+        raise ConfigError(
+            f"{WEIGHTS_KEY}=hub:{ref} could not be loaded ({' '.join(reason.split())[:300]}). It needs network "
+            "access to the Hugging Face hub (or a filled cache); offline, download the weights once elsewhere and "
+            "use file:<path>."
+        ) from exc
+    finally:
+        quiet.setLevel(level)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def _offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode (cache only) for the duration of a call."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline or previous
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
 
 
 def _check_sizes(name: str, overrides: dict[str, Any]) -> None:

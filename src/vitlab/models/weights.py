@@ -17,7 +17,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor
 
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, unreadable_file_reason
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any reader error means the file is not usable weights
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = unreadable_file_reason(exc)
         raise ConfigError(
             f"{WEIGHTS_KEY}=file:{path} could not be read as weights ({first_line}). Give a safetensors "
             "file or a torch checkpoint saved with torch.save (state dict, or a dict holding one under "

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from vitlab.errors import NonFiniteLoss
 from vitlab.models.summary import param_counts
 from vitlab.training.constraints import modules_with, project_parameters, regularization_loss
 from vitlab.training.optim import build_optimizer, build_scheduler, stepping_batches
@@ -98,6 +99,7 @@ class ClassificationModule(pl.LightningModule):
             x, targets = self.mixup(x, y)  # soft targets (B, K); metrics still use the hard labels y
         logits = self(x)
         loss = self.train_loss(logits, targets)
+        self._stop_if_not_finite(loss, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         penalty = regularization_loss(self._regularized)
         if penalty is not None:
@@ -106,6 +108,22 @@ class ClassificationModule(pl.LightningModule):
         self.train_metrics["acc"](logits.detach(), y)
         self.log("train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def _stop_if_not_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """A NaN or infinite loss ends the run as failed (every rank at the same step), instead of training on
+        and reporting chance accuracy as `ok`."""
+        finite = bool(torch.isfinite(loss.detach()))
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        where = f" at epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer is not None else ""
+        raise NonFiniteLoss(
+            f"train/loss became {float(loss.detach()):g}{where} (batch {batch_idx}), so the run stops: the model "
+            f"would be meaningless. Lower optim.lr (now {self.hparams.optim.get('lr')}), clip gradients "
+            "(trainer.gradient_clip_val=1.0), or train in full precision (trainer.precision=32-true)."
+        )
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

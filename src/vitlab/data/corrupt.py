@@ -1,0 +1,49 @@
+"""Unreadable images in a folder data set: stop the run naming the file, or skip and count them.
+
+A corrupt or truncated file is found when it is read, in whichever epoch and worker that happens; checking
+every file at setup would cost minutes on an ImageNet-size folder. `data.skip_corrupt=true` replaces an
+unreadable image by the next readable one of the split (logged, and counted in `results.json` as
+`data/skipped_corrupt`), so one bad file among a million does not end a week-long run.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from typing import Any
+
+from PIL import UnidentifiedImageError
+from torchvision.datasets import ImageFolder
+
+from vitlab.errors import ConfigError
+
+log = logging.getLogger("vitlab")
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError)  # what PIL raises for broken files
+
+
+class CheckedImageFolder(ImageFolder):
+    """`ImageFolder` whose unreadable files give one paragraph naming the file (or are skipped and counted)."""
+
+    skipped = multiprocessing.Value("i", 0)  # shared with forked workers: files skipped in this process tree
+
+    def __init__(self, root: str, transform: Any = None, skip_corrupt: bool = False) -> None:
+        super().__init__(root, transform=transform)
+        self.skip_corrupt = skip_corrupt
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for attempt in range(len(self.samples)):
+            path, target = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                sample = self.loader(path)
+            except UNREADABLE as exc:
+                if not self.skip_corrupt:
+                    raise ConfigError(
+                        f"data: {path} is not a readable image ({type(exc).__name__}: {exc}). Remove or replace it, "
+                        "or set data.skip_corrupt=true to skip unreadable images (each is logged and counted)."
+                    ) from exc
+                with CheckedImageFolder.skipped.get_lock():
+                    CheckedImageFolder.skipped.value += 1
+                log.warning("data.skip_corrupt: skipped %s (%s)", path, exc)
+                continue
+            return (self.transform(sample) if self.transform is not None else sample), target
+        raise ConfigError(f"data: no file of {self.root} is a readable image.")
