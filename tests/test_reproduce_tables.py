@@ -341,3 +341,26 @@ def test_malformed_tables_name_the_key(tmp_path: Path, edit, message: str) -> No
     path.write_text(edit(DEMO))
     with pytest.raises(ConfigError, match=message):
         load_table(path)
+
+
+def test_a_finished_row_is_not_stale_after_hydra_rewrote_its_overrides() -> None:
+    """Hydra's sweeper records `optim.lr=1.0e-2` as `optim.lr=0.01`, `false` as `False`, `~model/stem` as
+    `~model/stem=null`: every job of every table must still recognise its own finished run."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vitlab.reproduce import list_tables
+
+    parser = OverridesParser.create()
+    checked = 0
+    for paper, tables in list_tables(CONFIGS).items():
+        for table in tables:
+            spec = spec_of(f"{paper}/{table}")
+            for scale in spec.scales:
+                for job in spec.jobs(scale) + spec.prepare_jobs(scale):
+                    ((recorded,),) = BasicSweeper.split_arguments(parser.parse_overrides(list(job.overrides)), None)
+                    assert not job.is_stale([*recorded, "paths.weights_dir=/x"]), (job.id, recorded)
+                    checked += 1
+    assert checked > 100
+    job = spec_of("vix/mini_digits").jobs("mini")[0]
+    assert job.is_stale([o for o in job.overrides if not o.startswith("seed=")] + ["seed=99"])

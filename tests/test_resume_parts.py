@@ -23,7 +23,7 @@ from vitlab.errors import ConfigError
 from vitlab.provenance import git_state, package_versions
 from vitlab.training.checkpointing import LastCheckpoint
 from vitlab.training.csv_logger import ResumableCSVLogger
-from vitlab.training.interrupts import catch_interrupts, pending_signal
+from vitlab.training.interrupts import StopNow, catch_interrupts, pending_signal
 from vitlab.training.optim import stepping_batches
 
 N = 103  # not a multiple of any batch size below: the epoch's tail is dropped
@@ -159,7 +159,7 @@ def test_signals_are_recorded_once_and_a_second_ctrl_c_stops_at_once() -> None:
         assert pending_signal() == signal.SIGUSR1
         os.kill(os.getpid(), signal.SIGTERM)  # a second signal is not a new request
         assert pending_signal() == signal.SIGUSR1
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(StopNow):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGUSR1) == previous and pending_signal() is None
 
@@ -179,7 +179,7 @@ def test_csv_log_keeps_the_rows_before_the_resumed_step(tmp_path: Path) -> None:
 def test_overrides_that_do_not_change_the_experiment_are_ignored() -> None:
     a = ["seed=1", "optim.lr=1e-3", "trainer.devices=2", "logger=wandb", "paths.log_dir=/x"]
     b = ["optim.lr=1e-3", "seed=1", "trainer.devices=4", "hydra.run.dir=/y"]
-    assert experiment_overrides(a) == ["optim.lr=1e-3", "seed=1", "trainer.devices=2"]
+    assert experiment_overrides(a) == ["optim.lr=0.001", "seed=1", "trainer.devices=2"]  # canonical, as Hydra writes
     assert same_experiment(a, b, ignore=("trainer", "logger", "paths", "hydra"))
     assert not same_experiment(a, [*b, "model/stem=conv"], ignore=("trainer", "logger", "paths", "hydra"))
 
@@ -249,15 +249,21 @@ def test_a_run_directory_is_continued_only_by_its_own_experiment(tmp_path: Path)
     run_dir = tmp_path / "run"
     first = open_attempt(run_dir, ["optim.lr=1e-3", "trainer.devices=1"])
     assert first.checkpoint is None and first.state is not None and first.state.resumed == 0
+    with pytest.raises(ConfigError, match="is in use by another process"):  # one attempt at a time
+        open_attempt(run_dir, ["optim.lr=1e-3", "trainer.devices=1"])
+    first.release()
     (run_dir / "checkpoints").mkdir()
     torch.save({"epoch": 2, "global_step": 40, "state_dict": {}}, run_dir / "checkpoints" / "last.ckpt")
-    second = open_attempt(run_dir, ["trainer.devices=2", "optim.lr=1e-3"])  # the trainer may change
-    assert second.checkpoint == run_dir / "checkpoints" / "last.ckpt" and second.position == {
-        "epoch": 2,
-        "global_step": 40,
-    }
-    assert second.resumed == 1 and len(json.loads((run_dir / "run.json").read_text())["attempts"]) == 2
-    with pytest.raises(ConfigError, match=r"another experiment.*differing: optim.lr=1e-3 optim.lr=3e-3"):
+    second = open_attempt(run_dir, ["trainer.devices=2", "optim.lr=1e-3"])  # the devices may change
+    assert second.checkpoint == run_dir / "checkpoints" / "last.ckpt"
+    assert second.position == {"epoch": 2, "global_step": 40} and second.resumed == 1
+    attempts = json.loads((run_dir / "run.json").read_text())["attempts"]
+    assert len(attempts) == 2 and attempts[1]["overrides"] == ["trainer.devices=2", "optim.lr=1e-3"]
+    assert len(attempts[1]["git_sha"]) == 40
+    second.release()
+    with pytest.raises(ConfigError, match=r"another experiment.*trainer.precision=bf16-mixed"):  # changes the numbers
+        open_attempt(run_dir, ["optim.lr=1e-3", "trainer.precision=bf16-mixed"])
+    with pytest.raises(ConfigError, match=r"another experiment.*differing: optim.lr=0.001 optim.lr=0.003"):
         open_attempt(run_dir, ["optim.lr=3e-3"])
     (run_dir / "results.json").write_text(json.dumps({"status": "ok"}))
     with pytest.raises(RunFinished, match="never overwritten"):

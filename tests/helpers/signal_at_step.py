@@ -21,13 +21,27 @@ from vitlab.cli import train
 
 
 class SignalAtStep(pl.Callback):
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum = step, signum
+    """Sends `signum` at the end of the batch that completes optimiser step `step`; with `batch=True` at the
+    end of the `step`-th training batch instead (inside a gradient accumulation, say); with `step=-1` at the
+    first test batch (after the fit)."""
+
+    def __init__(self, step: int, signum: int, batch: bool = False) -> None:
+        self.step, self.signum, self.batch, self.sent = step, signum, batch, False
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step != self.step or not trainer.is_global_zero:
+        reached = trainer.fit_loop.total_batch_idx + 1 if self.batch else trainer.global_step
+        if reached == self.step and trainer.is_global_zero:
+            self._send(f"{'batch' if self.batch else 'step'} {self.step}")
+
+    def on_test_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.step == -1 and trainer.is_global_zero:
+            self._send("the first test batch")
+
+    def _send(self, where: str) -> None:
+        if self.sent:
             return
-        print(f"signal_at_step: {signal.Signals(self.signum).name} at step {self.step}", file=sys.stderr, flush=True)
+        self.sent = True
+        print(f"signal_at_step: {signal.Signals(self.signum).name} at {where}", file=sys.stderr, flush=True)
         if self.signum == signal.SIGKILL:
             os.killpg(os.getpgid(0), signal.SIGKILL)
         else:

@@ -1,7 +1,7 @@
 """Continue a run in its own directory: decide at start whether this attempt resumes, and wire it up.
 
 `vitlab-train` calls `open_attempt` before training. If the run directory already belongs to this experiment
-(its `run.json` holds the same overrides, up to the trainer and logging keys) and has a `last.ckpt`, the
+(its `run.json` holds the same overrides, up to where and how long it runs) and has a `last.ckpt`, the
 attempt continues from it: `ckpt_path` points there, the W&B logger gets the run's id with
 `resume="allow"`, the CSV log keeps the rows written before the checkpoint's step and TensorBoard purges the
 later events. A directory holding another experiment is refused. The decision is made by rank 0 and handed
@@ -11,6 +11,7 @@ to the DDP processes Lightning starts through the environment, so all ranks load
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from vitlab.cli.run_state import (
     MAY_CHANGE_ON_RESUME,
+    RunLock,
     RunState,
     checkpoint_position,
     experiment_overrides,
@@ -26,6 +28,7 @@ from vitlab.cli.run_state import (
     results_status,
     same_experiment,
 )
+from vitlab.cli.slurm import slurm_job_id
 from vitlab.errors import ConfigError
 
 ENV_RESUME = "VITLAB_RESUME_FROM"  # rank 0's decision ("" = from scratch), read by ranks > 0
@@ -43,39 +46,81 @@ class Attempt:
     state: RunState | None
     checkpoint: Path | None
     position: dict[str, int] | None = None
+    lock: RunLock | None = None
 
     @property
     def resumed(self) -> int:
         return self.state.resumed if self.state is not None else 0
 
+    def release(self) -> None:
+        """Let another attempt into the run directory (the process ending releases it too)."""
+        if self.lock is not None:
+            self.lock.release()
+
 
 def open_attempt(run_dir: Path, overrides: list[str]) -> Attempt:
     """Record a new attempt in `run_dir/run.json` (rank 0) and find the checkpoint to continue from."""
     if rank_zero_only.rank != 0:
-        if ENV_RESUME in os.environ:  # started by rank 0 (Lightning's DDP launcher): follow its decision
-            value = os.environ[ENV_RESUME]
-            return Attempt(run_dir, None, Path(value) if value else None)
-        # started beside rank 0 (SLURM tasks): decide the same way, from files rank 0 does not touch yet
-        known = RunState.read(run_dir) is not None
-        return Attempt(run_dir, None, last_checkpoint(run_dir) if known else None)
+        return _follow_rank_zero(run_dir)
     if results_status(run_dir) == "ok":
         raise RunFinished(
             f"{run_dir} holds a finished run (results.json says ok); it is never overwritten. Start a new run "
             "(another hydra.run.dir), or one warm-started from it with ckpt_path=<its checkpoints/last.ckpt>."
         )
-    state = RunState.read(run_dir)
-    checkpoint = None
-    if state is None:
-        state = RunState(overrides=list(overrides))
-    else:
-        if not same_experiment(state.overrides, overrides, MAY_CHANGE_ON_RESUME):
-            raise ConfigError(_another_experiment(run_dir, state.overrides, overrides))
-        checkpoint = last_checkpoint(run_dir)
-    position = checkpoint_position(checkpoint) if checkpoint is not None else None
-    state.begin({"checkpoint": str(checkpoint), **position} if checkpoint is not None and position else None)
-    state.write(run_dir)
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        raise ConfigError(_in_use(run_dir))
+    try:
+        state = RunState.read(run_dir)
+        checkpoint = None
+        if state is None:
+            state = RunState(overrides=list(overrides))
+        else:
+            if not same_experiment(state.overrides, overrides, MAY_CHANGE_ON_RESUME):
+                raise ConfigError(_another_experiment(run_dir, state.overrides, overrides))
+            checkpoint = last_checkpoint(run_dir)
+        position = checkpoint_position(checkpoint) if checkpoint is not None else None
+        resumed_from = {"checkpoint": str(checkpoint), **position} if checkpoint is not None and position else None
+        state.begin(resumed_from, overrides)
+        state.write(run_dir)
+    except BaseException:
+        lock.release()
+        raise
     os.environ[ENV_RESUME] = str(checkpoint or "")
-    return Attempt(run_dir, state, checkpoint, position)
+    return Attempt(run_dir, state, checkpoint, position, lock)
+
+
+def _follow_rank_zero(run_dir: Path, timeout: float = 300.0) -> Attempt:
+    """Ranks > 0 load what rank 0 decided: from the environment when Lightning started them, else (SLURM
+    tasks, started beside rank 0) from the attempt rank 0 records in run.json for this job and restart."""
+    if ENV_RESUME in os.environ:
+        value = os.environ[ENV_RESUME]
+        return Attempt(run_dir, None, Path(value) if value else None)
+    job, restart = slurm_job_id(), os.environ.get("SLURM_RESTART_COUNT", "0")
+    if job is None:  # no way to wait for rank 0: decide from the files as it does
+        return Attempt(run_dir, None, last_checkpoint(run_dir) if RunState.read(run_dir) else None)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = RunState.read(run_dir)
+        latest = state.attempts[-1] if state and state.attempts else {}
+        if latest.get("slurm_job_id") == job and str(latest.get("slurm_restart")) == restart:
+            resumed = latest.get("resumed_from")
+            return Attempt(run_dir, None, Path(resumed["checkpoint"]) if resumed else None)
+        time.sleep(1.0)
+    raise ConfigError(
+        f"rank {rank_zero_only.rank}: rank 0 recorded no attempt for SLURM job {job} (restart {restart}) in "
+        f"{run_dir / 'run.json'} within {timeout:.0f} s; see rank 0's error."
+    )
+
+
+def _in_use(run_dir: Path) -> str:
+    state = RunState.read(run_dir)
+    latest = state.attempts[-1] if state and state.attempts else {}
+    where = f" (started {latest.get('started')} on {latest.get('host')}, pid {latest.get('pid')})" if latest else ""
+    return (
+        f"{run_dir} is in use by another process{where}: a run directory has one attempt at a time. Wait for it "
+        "or stop it (it saves a checkpoint on SIGTERM), then continue it with resume=<run dir>."
+    )
 
 
 def _another_experiment(run_dir: Path, stored: list[str], given: list[str]) -> str:
@@ -85,8 +130,8 @@ def _another_experiment(run_dir: Path, stored: list[str], given: list[str]) -> s
         f"hydra.run.dir={run_dir} holds another experiment: its overrides are "
         f"[{' '.join(sorted(old)) or 'none'}], these are [{' '.join(sorted(new)) or 'none'}] "
         f"(differing: {' '.join(sorted(old ^ new))}). Continue it with `vitlab-train resume={run_dir}` (its own "
-        "overrides are read from the directory; only trainer and logging ones may be added), or choose another "
-        "run directory."
+        "overrides are read from the directory; only where and how long it runs may change: trainer devices, "
+        "nodes, accelerator, strategy, max_epochs, logging, paths), or choose another run directory."
     )
 
 

@@ -139,9 +139,11 @@ def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: 
     """Launch every unfinished seed group as one multirun, checking first that its overrides compose."""
     jobs = spec.jobs(opts.scale, extra)
     todo, done = pending_jobs(jobs, td)
-    counts = statuses(todo, td)
+    counts = statuses(jobs, td)
     notes = "".join(
-        f", {counts[k]} {label}" for k, label in (("unfinished", "continue in place"), ("stale", "stale")) if counts[k]
+        f", {counts[k]} {label}"
+        for k, label in (("unfinished", "continue in place"), ("stale", "stale"), ("running", "running elsewhere"))
+        if counts[k]
     )
     print(f"{spec.key} at scale={opts.scale}: {len(jobs)} runs, {len(done)} already finished (skipped), "
           f"{len(todo)} to run{notes} in {td}")  # fmt: skip

@@ -18,6 +18,7 @@ from vitlab.cli.run_state import (
     RUN_FILE,
     RunState,
     hydra_quote,
+    is_running,
     is_under,
     override_key,
     results_status,
@@ -27,6 +28,7 @@ from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab")
 UNFINISHED = (None, "interrupted")  # results.json status of a run that can be continued by resume=auto
+ALLOWED = ", ".join(k[:-1] + " (the group)" if k.endswith("=") else k for k in MAY_CHANGE_ON_RESUME)
 
 
 def is_override(token: str) -> bool:
@@ -67,8 +69,9 @@ def expand_resume_argv(argv: list[str]) -> list[str]:
     if changing:
         raise ConfigError(
             f"resume={value} continues that run with its own overrides [{' '.join(state.overrides) or 'none'}]; "
-            f"{' '.join(changing)} would make it another experiment. Only trainer and logging overrides may be "
-            f"added (keys under: {', '.join(MAY_CHANGE_ON_RESUME)}). To change anything else start a new run, "
+            f"{' '.join(changing)} would make it another experiment. Only where and how long it runs may change "
+            f"(keys under: {ALLOWED})."
+            " To change anything else start a new run, "
             f"e.g. from its weights with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}."
         )
     replaced = {override_key(o) for o in extras}
@@ -117,7 +120,7 @@ def newest_unfinished(log_dir: Path, overrides: list[str]) -> Path | None:
     candidates = []
     for path in [*log_dir.glob(f"runs/*/*/{RUN_FILE}"), *log_dir.glob(f"multiruns/*/*/*/{RUN_FILE}")]:
         state = RunState.read(path.parent)
-        if state is None or results_status(path.parent) not in UNFINISHED:
+        if state is None or results_status(path.parent) not in UNFINISHED or is_running(path.parent):
             continue
         if same_experiment(state.overrides, overrides, MAY_CHANGE_ON_RESUME):
             candidates.append((state.created, path.stat().st_mtime, path.parent))

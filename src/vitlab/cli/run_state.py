@@ -16,6 +16,7 @@ import secrets
 import socket
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,19 @@ NOT_EXPERIMENT = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
 )
-# what a continued run may add or change: the above, and the trainer (devices, nodes, precision, max_epochs)
-MAY_CHANGE_ON_RESUME = (*NOT_EXPERIMENT, "trainer")
+# what a continued run may add or change: the above, and where and how long the trainer runs. Keys that
+# change what is computed (precision, accumulation, clipping, limits) are not among them. The trainer group
+# itself (trainer=gpu) may change, to move a run to other hardware: its precision then changes with it.
+MAY_CHANGE_ON_RESUME = (
+    *NOT_EXPERIMENT,
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.accelerator",
+    "trainer.strategy",
+    "trainer.max_epochs",
+    "trainer.enable_model_summary",
+    "trainer=",  # the group selection itself (trainer=ddp); a trailing "=" matches the key exactly
+)
 
 
 def override_key(override: str) -> str:
@@ -50,12 +62,35 @@ def override_key(override: str) -> str:
 
 
 def is_under(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith((p + ".", p + "/")) for p in prefixes)
+    """`key` is one of `prefixes` or below one (`a.b` under `a`); a prefix ending in `=` matches exactly."""
+    return any(key == p[:-1] if p.endswith("=") else (key == p or key.startswith((p + ".", p + "/"))) for p in prefixes)
+
+
+@lru_cache(maxsize=4096)
+def canonical(override: str) -> str:
+    """An override as Hydra's sweeper records it (`optim.lr=1.0e-2` -> `optim.lr=0.01`, `true` -> `True`,
+    `~model/stem=null` -> `~model/stem`), so overrides typed differently compare equal."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+    except Exception:  # not Hydra syntax: compare it as written
+        return override
+    if parsed.is_delete():
+        return parsed.get_key_element()
+    return f"{parsed.get_key_element()}={parsed.get_value_element_as_str()}"
+
+
+def effective(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides that take effect, canonical: of several for one key the last wins (as in Hydra)."""
+    last = {override_key(o): canonical(o) for o in overrides}
+    return list(last.values())
 
 
 def experiment_overrides(overrides: list[str] | tuple[str, ...], ignore: tuple[str, ...] = NOT_EXPERIMENT) -> list[str]:
-    """The overrides that define the experiment, sorted (their order never changes what Hydra composes here)."""
-    return sorted(o for o in overrides if not is_under(override_key(o), ignore))
+    """The overrides that define the experiment, canonical and sorted (their order never changes what Hydra
+    composes here)."""
+    return sorted(o for o in effective(overrides) if not is_under(override_key(o), ignore))
 
 
 def same_experiment(a: list[str] | tuple[str, ...], b: list[str] | tuple[str, ...], ignore: tuple[str, ...]) -> bool:
@@ -147,17 +182,61 @@ class RunState:
         """Seconds spent by the finished attempts (the current one not included)."""
         return round(sum(float(a.get("wall_s") or 0.0) for a in self.attempts), 2)
 
-    def begin(self, resumed_from: dict[str, Any] | None) -> None:
+    def begin(self, resumed_from: dict[str, Any] | None, overrides: list[str] | None = None) -> None:
+        """A new attempt: where and when it runs, what it continues from, its own overrides and code."""
+        from vitlab.provenance import git_state
+
         self.attempts.append(
             {
                 "started": now(),
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "slurm_job_id": slurm_job_id(),
+                "slurm_restart": os.environ.get("SLURM_RESTART_COUNT", "0") if slurm_job_id() else None,
                 "resumed_from": resumed_from,
+                "overrides": list(overrides if overrides is not None else self.overrides),
+                **git_state(),
             }
         )
 
     def end(self, status: str, wall_s: float, **details: Any) -> None:
         if self.attempts:
             self.attempts[-1].update(ended=now(), status=status, wall_s=wall_s, **details)
+
+
+class RunLock:
+    """An exclusive lock on a run directory (`.lock`, flock) held by the attempt that runs in it, so a second
+    process (resume=auto, a re-launched table, a duplicate requeue) never trains into a live run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self._handle: Any = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a")  # noqa: SIM115  (held until release)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the lock
+            self._handle = None
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether some process holds the run directory's lock right now."""
+    if not (run_dir / ".lock").exists():
+        return False
+    lock = RunLock(run_dir)
+    if lock.acquire():
+        lock.release()
+        return False
+    return True

@@ -31,7 +31,7 @@ from vitlab.cli.run_state import results_status
 from vitlab.cli.slurm import requeue, should_requeue
 from vitlab.errors import find_config_error, unknown_key_error, user_message
 from vitlab.provenance import git_state
-from vitlab.training.interrupts import TrainingInterrupted, catch_interrupts, signal_name
+from vitlab.training.interrupts import StopNow, TrainingInterrupted, catch_interrupts, signal_name
 
 log = logging.getLogger("vitlab")
 
@@ -164,7 +164,7 @@ def run_task(
             record["traceback"] = traceback.format_exc()
         report(record["error"], user_error is not None)
     except BaseException as exc:  # KeyboardInterrupt (a second Ctrl+C), Lightning's exits: on record, non-zero
-        exit_code = 130 if isinstance(exc, KeyboardInterrupt) else (getattr(exc, "code", None) or 1)
+        exit_code = 130 if isinstance(exc, (KeyboardInterrupt, StopNow)) else (getattr(exc, "code", None) or 1)
         record.update(status="interrupted", error=f"{type(exc).__name__}: {exc}".rstrip(": "))
         raise SystemExit(exit_code) from exc
     finally:
@@ -186,6 +186,8 @@ def run_task(
             write_json(results_path, record)
             if attempt is not None and attempt.state is not None:
                 attempt.state.write(out_dir)
+        if attempt is not None:
+            attempt.release()
     if interrupt is not None:
         if is_rank_zero and should_requeue(interrupt.signum):
             requeue(interrupt.signum)

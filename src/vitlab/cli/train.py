@@ -98,7 +98,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     if cfg.get("train", True):
         _fit(trainer, module, datamodule, cfg.get("ckpt_path"))
         record["val/acc"] = _best_val(trainer)
-        record["epochs"] = trainer.current_epoch
+        record["epochs"] = trainer.fit_loop.epoch_progress.total.processed  # also right after an early stop
         record["world_size"] = trainer.world_size
         record.update(cost.results(module.device))
         record.update(summarize(learned_dynamics(module.model)))  # learned a and h (ODE transfer), if any

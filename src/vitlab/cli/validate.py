@@ -70,7 +70,7 @@ RULES: dict[str, Rule] = {
     "data.train_per_class": Rule(int, 1, nullable=True),
     "data.pin_memory": Rule(bool),
     "data.skip_corrupt": Rule(bool),
-    "trainer.max_epochs": POSITIVE_INT,
+    "trainer.max_epochs": Rule(int, -1),  # -1: no epoch limit (trainer.max_steps decides); 0 is refused below
     "trainer.min_epochs": COUNT,
     "trainer.num_nodes": POSITIVE_INT,
     "trainer.accumulate_grad_batches": POSITIVE_INT,
@@ -109,6 +109,8 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not rule.accepts(value):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be {rule.allowed()}.")
+    if OmegaConf.select(cfg, "trainer.max_epochs", default=None) == 0:
+        raise ConfigError("trainer.max_epochs=0 is not allowed: it must be >= 1, or -1 with trainer.max_steps set.")
     precision = OmegaConf.select(cfg, "trainer.precision", default=_ABSENT)
     if precision is not _ABSENT and str(precision) not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision!r} is not an option. Allowed: {', '.join(PRECISIONS)}.")

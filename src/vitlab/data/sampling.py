@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vitlab.errors import ConfigError
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -85,6 +87,11 @@ class EpochSampler(DistributedSampler):
         self.per_rank_batch = per_rank_batch
         self.skip = 0  # samples of this rank already consumed in `self.epoch` (set by a mid-epoch resume)
         n, global_batch = len(dataset), per_rank_batch * num_replicas  # type: ignore[arg-type]
+        if n < num_replicas:
+            raise ConfigError(
+                f"the training set has {n} images, fewer than the {num_replicas} processes (trainer.devices x "
+                "trainer.num_nodes); use fewer processes or more training data."
+            )
         if n >= global_batch:
             self.steps, self.rank_batch = n // global_batch, per_rank_batch
         else:  # a data set smaller than one global batch: one step, split evenly, remainder dropped

@@ -19,12 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from vitlab.cli.run_state import MAY_CHANGE_ON_RESUME, RunState, hydra_quote, is_under, override_key
+from vitlab.cli.run_state import (
+    MAY_CHANGE_ON_RESUME,
+    RunState,
+    effective,
+    hydra_quote,
+    is_running,
+    is_under,
+    override_key,
+)
 
 if TYPE_CHECKING:
     from vitlab.reproduce.spec import ScaleSpec, TableSpec
 
-Status = Literal["ok", "failed", "missing", "unfinished", "stale"]
+Status = Literal["ok", "failed", "missing", "unfinished", "stale", "running"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
@@ -50,10 +58,11 @@ class Job:
         """Whether a run made with `recorded` overrides is not this job any more: an override of the table is
         missing or changed, or one that the table no longer gives (and the command line does not) is there.
         Trainer and logging keys outside the table's own are not compared: another machine may set them."""
-        recorded_set = set(recorded)
-        if not set(self.table_overrides) <= recorded_set:
+        recorded_set = set(effective(recorded))  # as the sweeper records them: 1.0e-2 -> 0.01, last key wins
+        table = set(effective(self.table_overrides))
+        if not table <= recorded_set:
             return True
-        given = set(self.table_overrides) | set(self.extra)
+        given = table | set(effective(self.extra))
         extra_keys = {override_key(o) for o in self.extra}
         return any(
             o not in given and override_key(o) not in extra_keys and not is_under(override_key(o), MAY_CHANGE_ON_RESUME)
@@ -133,6 +142,8 @@ def job_status(job: Job, table_dir: Path | str) -> Status:
     recorded = record.get("overrides") if record else None
     if recorded is None and state is not None:
         recorded = state.overrides
+    if state is not None and is_running(run_dir):
+        return "running"  # another process trains it right now: neither launch it again nor move it
     if isinstance(recorded, list) and job.is_stale(recorded):
         return "stale"
     if record is None:
@@ -143,10 +154,13 @@ def job_status(job: Job, table_dir: Path | str) -> Status:
 
 
 def pending_jobs(jobs: Iterable[Job], table_dir: Path | str) -> tuple[list[Job], list[Job]]:
-    """(to run, done): jobs whose results.json says ok are done; all others run (again, or on)."""
+    """(to run, done): jobs whose results.json says ok are done; jobs another process is running are neither;
+    all others run (again, or on)."""
     todo, done = [], []
     for job in jobs:
-        (done if job_status(job, table_dir) == "ok" else todo).append(job)
+        status = job_status(job, table_dir)
+        if status != "running":
+            (done if status == "ok" else todo).append(job)
     return todo, done
 
 

@@ -116,7 +116,7 @@ def group_jobs(jobs: Sequence[Job]) -> dict[str, list[Job]]:
 
 
 def statuses(jobs: Sequence[Job], table_dir: Path) -> dict[str, int]:
-    counts = {"ok": 0, "failed": 0, "missing": 0, "unfinished": 0, "stale": 0}
+    counts = {"ok": 0, "failed": 0, "missing": 0, "unfinished": 0, "stale": 0, "running": 0}
     for job in jobs:
         counts[job_status(job, table_dir)] += 1
     return counts

@@ -27,6 +27,7 @@ from vitlab.errors import ConfigError
 log = logging.getLogger("vitlab")
 
 LAST = "last.ckpt"
+STATE_KEY = "vitlab"  # what vitlab adds to a checkpoint (Lightning does not save `trainer.should_stop`)
 
 
 def fsync_replace(tmp: Path, target: Path) -> None:
@@ -63,6 +64,7 @@ class LastCheckpoint(Checkpoint):
         self.every_n_epochs = every_n_epochs
         self.every_n_train_steps = every_n_train_steps or 0
         self.last_saved_step = -1
+        self._step_at_start, self._pending = 0, False
 
     @property
     def path(self) -> Path:
@@ -80,19 +82,63 @@ class LastCheckpoint(Checkpoint):
         self.last_saved_step = trainer.global_step
         return self.path
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.last_saved_step, self._pending = trainer.global_step, False  # a resumed run has this step saved
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step_at_start = trainer.global_step
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
         if not self.every_n_train_steps or step == self.last_saved_step or step % self.every_n_train_steps:
             return
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            return  # the epoch-end checkpoint follows the epoch's validation; resuming there is the cleaner point
-        self.save(trainer)
+        where = boundary(trainer, stepped=step > self._step_at_start)
+        if where == "before_validation":
+            self._pending = True  # write it once this step's validation has run
+        elif where == "step":
+            self.save(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(self, "_pending", False) and not trainer.sanity_checking:
+            self._pending = False
+            self.save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.save(trainer)
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[STATE_KEY] = {"should_stop": bool(trainer.should_stop)}  # early stopping decided, fit is over
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if checkpoint.get(STATE_KEY, {}).get("should_stop"):
+            trainer.should_stop = True  # Lightning does not save it: a resumed run would train on
+
     def state_dict(self) -> dict[str, Any]:
         return {"dirpath": str(self.dirpath)}
+
+
+def boundary(trainer: pl.Trainer, stepped: bool) -> str:
+    """Where the training batch that just ended leaves the run, for writing a checkpoint there:
+
+    - `inside`: within a gradient accumulation (no optimiser step yet): the accumulated gradients are in no
+      checkpoint, so never here;
+    - `epoch_end`: the epoch's last batch: its validation follows, write at the epoch's end;
+    - `before_validation`: a validation inside the epoch (`val_check_interval`) follows: write after it, or a
+      resumed run would skip that validation;
+    - `step`: a plain optimiser-step boundary.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if not stepped:
+        return "inside"
+    if loop.batch_progress.is_last_batch:
+        return "epoch_end"
+    try:  # Lightning's own rule for "validate after this batch" (private, so guarded)
+        follows = bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+    except (AttributeError, TypeError):
+        follows = False
+    return "before_validation" if follows else "step"

@@ -1,11 +1,12 @@
 """Signals that end a run early — SIGTERM (SLURM preemption, `kill`), SIGUSR1/SIGUSR2 (SLURM's warning
 before the time limit, `--signal`), SIGINT (Ctrl+C) — become a saved checkpoint and a clean stop.
 
-A handler only records the first signal; `InterruptGuard` acts on it at the next safe point — the end of a
-training batch (not the epoch's last: that one waits for the epoch's validation), the end of an epoch, a
-test batch — where every rank agrees (one tiny all-reduce per step under DDP, since `kill` reaches rank 0
-only), writes `last.ckpt` through `LastCheckpoint` and raises `TrainingInterrupted`. The CLI then writes
-`results.json` with `status: interrupted` and exits with 128 + the signal number.
+A handler only records the first signal; `InterruptGuard` acts on it at the next safe point — the end of an
+optimiser step (not inside a gradient accumulation; after the validation that follows the step, if one
+does), the end of an epoch, a test batch — where every rank agrees (one tiny all-reduce per step under
+DDP, since `kill` reaches rank 0 only), writes `last.ckpt` through `LastCheckpoint` and raises
+`TrainingInterrupted`. The CLI then writes `results.json` with `status: interrupted` and exits with
+128 + the signal number.
 
 While the checkpoint is written, further signals are ignored (the write is atomic in any case); a second
 Ctrl+C at any other time stops at once, without a new checkpoint.
@@ -29,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint
 
-from vitlab.training.checkpointing import LastCheckpoint
+from vitlab.training.checkpointing import LastCheckpoint, boundary
 
 log = logging.getLogger("vitlab")
 
@@ -66,6 +67,11 @@ class _State:
     saving = False
 
 
+class StopNow(BaseException):
+    """A second Ctrl+C: stop at once. A `BaseException` Lightning re-raises (it would turn a KeyboardInterrupt
+    into `sys.exit(1)`), so the run ends with 130 like any interrupted command."""
+
+
 def pending_signal() -> int | None:
     return _State.signum
 
@@ -75,7 +81,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         _State.signum = signum
         log.warning("received %s: saving a checkpoint at the next step boundary, then stopping", signal_name(signum))
     elif signum == signal.SIGINT and not _State.saving:
-        raise KeyboardInterrupt  # a second Ctrl+C: stop now
+        raise StopNow  # a second Ctrl+C: stop now
 
 
 def install_handlers() -> None:
@@ -134,10 +140,22 @@ class InterruptGuard(Checkpoint):
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         install_handlers()
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step_at_start = trainer.global_step
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the last one waits for validation
+        where = boundary(trainer, stepped=trainer.global_step > getattr(self, "_step_at_start", -1))
+        if where == "step":
+            self._stop_if_signalled(trainer, save=True)
+        self._after_validation = where == "before_validation"  # inside an accumulation or at epoch end: later
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(self, "_after_validation", False) and not trainer.sanity_checking:
+            self._after_validation = False
             self._stop_if_signalled(trainer, save=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

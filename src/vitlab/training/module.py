@@ -8,6 +8,7 @@ is a plain `nn.Module` built from config; it is not saved in the hyper-parameter
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -88,6 +89,9 @@ class ClassificationModule(pl.LightningModule):
             self.model.backbone.compile()  # in place: no `_orig_mod.` prefix in checkpoints
 
     def on_fit_start(self) -> None:
+        ckpt = self.trainer.ckpt_path
+        if ckpt and Path(ckpt).resolve().is_relative_to(Path(self.trainer.default_root_dir).resolve()):
+            return  # the run continues in its own directory: the counts are logged already
         counts = param_counts(self.model)
         for logger in self.loggers:
             logger.log_metrics({k: float(v) for k, v in counts.items()}, step=0)

@@ -8,6 +8,7 @@ exempt. Frozen parameters never reach the optimiser.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +78,8 @@ def stepping_batches(trainer: Any, batches_per_epoch: int) -> int:
     Lightning's property builds the fit loop's loader while the optimisers are configured, before a
     checkpoint is restored, so the loader's saved position (a mid-epoch resume) would never be loaded.
     """
+    if trainer.max_epochs in (None, -1):  # a step budget
+        return trainer.max_steps if trainer.max_steps != -1 else sys.maxsize
     limit = trainer.overfit_batches or trainer.limit_train_batches
     batches = batches_per_epoch
     if isinstance(limit, float):
