@@ -245,3 +245,29 @@ def test_a_finished_run_directory_is_refused_before_hydra_writes_into_it(tmp_pat
 def test_vitlab_eval_without_ckpt_path_is_one_paragraph(tmp_path: Path) -> None:
     run = run_cli("eval", [], tmp_path)
     assert_paragraph(run, "vitlab-eval needs ckpt_path=")
+
+
+def test_a_module_option_that_does_not_exist_names_the_options(tmp_path: Path) -> None:
+    from vitlab.cli.components import build_module
+
+    cfg = compose_cfg([*TINY, "+module.label_smothing=0.1"])
+    with open_dict(cfg):
+        del cfg["hydra"]  # outside a Hydra run: no run directory to resolve
+        cfg.paths.output_dir = str(tmp_path)
+    with pytest.raises(TypeError) as raised:
+        build_module(cfg, 10)
+    message = str(unknown_key_error(raised.value, cfg))
+    assert "module.label_smothing is not an option of module" in message and "module.label_smoothing" in message
+
+
+def test_a_finished_directory_of_another_experiment_is_not_mistaken_for_this_one(tmp_path: Path) -> None:
+    from vitlab.cli.in_place import RunFinished, open_attempt
+    from vitlab.cli.run_state import RunState
+
+    RunState(overrides=["optim.lr=0.001"]).write(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"status": "ok"}))
+    with pytest.raises(ConfigError, match="holds another experiment") as refused:
+        open_attempt(tmp_path, ["optim.lr=0.5"])  # a sweep re-run in its directory with other values
+    assert not isinstance(refused.value, RunFinished)
+    with pytest.raises(RunFinished):
+        open_attempt(tmp_path, ["optim.lr=1e-3"])

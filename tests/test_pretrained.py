@@ -58,8 +58,12 @@ def test_the_readme_transfer_command_keeps_every_loaded_tensor(tmp_path: Path) -
             assert torch.equal(state[key], value), key
     heads = {"head.weight", "head.bias"}
     assert report.loaded == sorted(set(tensors) - heads) and set(report.dropped) == heads
-    assert report.new == sorted(set(state) - set(tensors))  # the step sizes
-    assert report.new == [f"blocks.{b}.ls{i}.h_param" for b in (0, 1) for i in (1, 2)]  # the four step sizes
+    backbone_new = [k for k in report.new if not k.startswith("model.head.")]
+    assert backbone_new == sorted(set(state) - set(tensors))  # the step sizes
+    assert backbone_new == [f"blocks.{b}.ls{i}.h_param" for b in (0, 1) for i in (1, 2)]  # the four step sizes
+    assert sorted(k for k in report.new if k.startswith("model.head.")) == [
+        f"model.head.{k}" for k in sorted(model.head.state_dict())
+    ]  # the memory-ODE head slot: new, trained from its own init
     assert not any(p.requires_grad for n, p in model.backbone.named_parameters() if n in report.loaded)
 
 
@@ -104,3 +108,29 @@ def test_a_slot_replacing_loaded_tensors_is_refused_unless_allowed(tmp_path: Pat
 def test_without_weights_the_default_model_keeps_its_conv_stem() -> None:
     model = build([])
     assert model.weights_report is None and "patch_embed.body.0.weight" in model.backbone.state_dict()
+
+
+def test_the_default_hybrid_model_loads_its_own_export_and_keeps_its_conv_stem(tmp_path: Path) -> None:
+    """model/stem=auto skips the conv stem only for weights that bring timm's patch embedding."""
+    torch.manual_seed(0)
+    source = build([]).eval()
+    export_backbone(source, tmp_path / "hybrid.safetensors")
+    model = build([f"model.backbone.weights=file:{tmp_path / 'hybrid.safetensors'}"]).eval()
+    assert "patch_embed.body.0.weight" in model.backbone.state_dict() and model.weights_report.new == []
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model(x), source(x))
+
+
+def test_a_vitlab_checkpoint_fills_the_same_head_slot_and_slot_tensors_stay_trainable(tmp_path: Path) -> None:
+    args = ["~model/stem", "model/step_size=channel", "model/head=memory_ode"]
+    torch.manual_seed(0)
+    source = build(args).eval()
+    state = {f"model.{k}": v for k, v in source.state_dict().items()}  # what vitlab-train's checkpoints hold
+    torch.save({"state_dict": state, "epoch": 1}, tmp_path / "run.ckpt")
+    model = build([*args, f"model.backbone.weights=file:{tmp_path / 'run.ckpt'}"]).eval()
+    report = model.weights_report
+    assert report.new == [] and report.dropped == {} and any(k.startswith("model.head.") for k in report.loaded)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model(x), source(x))
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {f"blocks.{b}.ls{i}.h_param" for b in (0, 1) for i in (1, 2)}  # loaded, yet the slot's own

@@ -58,11 +58,16 @@ def test_transfer_trains_only_the_step_sizes_and_the_head_and_logs_the_dynamics(
     (result,) = run.results()
     assert result["params/trainable_no_head"] == 2 * 2  # 2 blocks x (attention, MLP)
     tensors = load_file(weights)
-    assert (result["weights/loaded"], result["weights/new"], result["weights/dropped"]) == (len(tensors) - 2, 4, 2)
     report = json.loads(next(tmp_path.rglob("weights_report.json")).read_text())
+    assert (result["weights/loaded"], result["weights/dropped"]) == (len(tensors) - 2, 2)
+    assert [k for k in report["new"] if not k.startswith("model.head.")] == [  # the 4 step sizes, and the head slot
+        f"blocks.{b}.ls{i}.h_param" for b in (0, 1) for i in (1, 2)
+    ]
     assert set(report["dropped"]) == {"head.weight", "head.bias"} and "patch_embed.proj.weight" in report["loaded"]
     assert result["dynamics/h_min"] != 1.0 or result["dynamics/h_max"] != 1.0  # the step sizes moved
     assert result["dynamics/a_min"] >= 1.0  # a = 1 + ρ with ρ ≥ 0 by projection
+    evaluated = run_cli("eval", [f"ckpt_path={next(tmp_path.rglob('last.ckpt'))}"], tmp_path / "eval")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]  # rebuilt with the patch embedding it trained with
     ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
     for name, tensor in tensors.items():
         if not name.startswith("head."):  # every pre-trained tensor is bit-identical after training

@@ -48,6 +48,13 @@ def unknown_key_error(exc: BaseException, cfg: Any) -> ConfigError | None:
     if match is None or not isinstance(cfg, DictConfig):
         return None
     func, arg = match["func"].split(".")[0], match["arg"]
+    untargeted = {"ClassificationModule": ("module", "vitlab.training.module.ClassificationModule")}
+    if func in untargeted:  # built by vitlab from a config node without `_target_`
+        path, target = untargeted[func]
+        options = [o for o in _options_of(target) if o not in ("model", "num_classes", "optim", "scheduler", "config")]
+        close = difflib.get_close_matches(arg, options, n=2)
+        hint = f" Did you mean {' or '.join(f'{path}.{c}' for c in close)}?" if close else ""
+        return ConfigError(f"{path}.{arg} is not an option of {path}. Its options: {', '.join(options)}.{hint}")
     for path, node in _targets(cfg, ""):
         if str(node.get("_target_")).rsplit(".", 1)[-1] != func:
             continue

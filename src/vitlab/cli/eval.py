@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vitlab.cli.checkpoint import read_checkpoint_config
+from vitlab.cli.checkpoint import read_checkpoint
 from vitlab.cli.components import (
     build_datamodule,
     build_module,
@@ -42,7 +42,9 @@ def run_config(cfg: DictConfig) -> DictConfig:
             "ckpt_path=outputs/runs/<date>/<time>_train/checkpoints/epoch_007.ckpt."
         )
     check_config(cfg)
-    saved = read_checkpoint_config(cfg.ckpt_path)
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    saved = (checkpoint.get("hyper_parameters") or {}).get("config")
+    saved = saved if isinstance(saved, dict) else None
     if saved is None:
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} holds no vitlab config (it was not written by vitlab-train); "
@@ -57,6 +59,13 @@ def run_config(cfg: DictConfig) -> DictConfig:
             merged.data = saved_cfg.data
         merged.model.backbone.weights = "none"
         merged.seed = saved_cfg.get("seed", 0)
+        stem = merged.model.get("stem")
+        if (
+            stem
+            and stem.get("only_from_scratch")
+            and "model.backbone.patch_embed.proj.weight" in checkpoint["state_dict"]
+        ):
+            merged.model.stem = None  # model/stem=auto kept the loaded patch embedding when this model was built
     return merged
 
 

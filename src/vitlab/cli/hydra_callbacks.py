@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 SQLITE = "sqlite:///"
 
@@ -27,7 +27,9 @@ class CheckRunDirectory(Callback):
     must not hold a finished run (whose files would be overwritten). One paragraph and exit 2 otherwise."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check(Path(str(config.hydra.run.dir)), "hydra.run.dir", finished_refused=True)
+        run_dir = Path(str(config.hydra.run.dir))
+        _check(run_dir, "hydra.run.dir", finished_refused=True)
+        _same_experiment(run_dir, list(OmegaConf.select(config, "hydra.overrides.task", default=None) or []))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir", finished_refused=False)
@@ -47,6 +49,16 @@ def _check(run_dir: Path, key: str, finished_refused: bool) -> None:
             f"{key}={run_dir} holds a finished run (results.json says ok); nothing of it is overwritten. Start a new "
             "run (another hydra.run.dir), or one warm-started from it with ckpt_path=<its checkpoints/last.ckpt>."
         )
+
+
+def _same_experiment(run_dir: Path, overrides: list[str]) -> None:
+    """A directory that already holds a run of another experiment is refused before Hydra writes into it."""
+    from vitlab.cli.in_place import another_experiment
+    from vitlab.cli.run_state import MAY_CHANGE_ON_RESUME, RunState, same_experiment
+
+    state = RunState.read(run_dir)
+    if state is not None and not same_experiment(state.overrides, overrides, MAY_CHANGE_ON_RESUME):
+        _refuse(another_experiment(run_dir, state.overrides, overrides))
 
 
 def _refuse(message: str) -> None:

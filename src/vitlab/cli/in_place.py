@@ -62,6 +62,9 @@ def open_attempt(run_dir: Path, overrides: list[str]) -> Attempt:
     """Record a new attempt in `run_dir/run.json` (rank 0) and find the checkpoint to continue from."""
     if rank_zero_only.rank != 0:
         return _follow_rank_zero(run_dir)
+    known = RunState.read(run_dir)
+    if known is not None and not same_experiment(known.overrides, overrides, MAY_CHANGE_ON_RESUME):
+        raise ConfigError(another_experiment(run_dir, known.overrides, overrides))
     if results_status(run_dir) == "ok":
         raise RunFinished(
             f"{run_dir} holds a finished run (results.json says ok); it is never overwritten. Start a new run "
@@ -77,7 +80,7 @@ def open_attempt(run_dir: Path, overrides: list[str]) -> Attempt:
             state = RunState(overrides=list(overrides))
         else:
             if not same_experiment(state.overrides, overrides, MAY_CHANGE_ON_RESUME):
-                raise ConfigError(_another_experiment(run_dir, state.overrides, overrides))
+                raise ConfigError(another_experiment(run_dir, state.overrides, overrides))
             checkpoint = last_checkpoint(run_dir)
         position = checkpoint_position(checkpoint) if checkpoint is not None else None
         resumed_from = {"checkpoint": str(checkpoint), **position} if checkpoint is not None and position else None
@@ -123,7 +126,7 @@ def _in_use(run_dir: Path) -> str:
     )
 
 
-def _another_experiment(run_dir: Path, stored: list[str], given: list[str]) -> str:
+def another_experiment(run_dir: Path, stored: list[str], given: list[str]) -> str:
     old = set(experiment_overrides(stored, MAY_CHANGE_ON_RESUME))
     new = set(experiment_overrides(given, MAY_CHANGE_ON_RESUME))
     return (

@@ -76,6 +76,7 @@ def check_resume(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
     check_config(cfg)  # types and ranges first: nothing is built from a value that cannot work
+    CheckedImageFolder.skipped.value = 0  # this run's count (a sweep runs many in one process)
     seed_everything(cfg.seed, workers=True)
     check_resume(cfg)
     if cfg.get("test_checkpoint", "best") not in ("best", "last"):  # fail before training, not after

@@ -8,7 +8,7 @@ have (another data set, another optimiser) is not checked.
 from __future__ import annotations
 
 import math
-import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,8 +99,36 @@ RULES: dict[str, Rule] = {
     "model.backbone.dynamic_img_size": Rule(bool),
     **{f"model.backbone.{k}": FRACTION for k in ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate")},
     "model.backbone.drop_path_rate": FRACTION,
+    # slots: the keys their configs ship with
+    "model.stem.kernel_size": POSITIVE_INT,
+    "model.stem.stride": POSITIVE_INT,
+    "model.stem.pool_size": POSITIVE_INT,
+    "model.mixer.conv_kernel": POSITIVE_INT,
+    "model.mixer.kernel.num_landmarks": POSITIVE_INT,
+    "model.mixer.kernel.pinv_iterations": POSITIVE_INT,
+    "model.mixer.kernel.residual_kernel": POSITIVE_INT,
+    "model.mixer.kernel.k": POSITIVE_INT,
+    "model.mixer.kernel.nb_features": Rule(int, 1, nullable=True),
+    "model.mixer.kernel.redraw_interval": Rule(int, 0, nullable=True),
+    "model.step_size.init": Rule(float),
+    "model.step_size.init_std": Rule(float, 0),
+    "model.step_size.l2_to_init": Rule(float, 0),
+    "model.head.width": Rule(int, 1, nullable=True),
+    "model.head.steps": POSITIVE_INT,
+    "model.head.drop_rate": FRACTION,
+    "model.peft.r": POSITIVE_INT,
+    "model.peft.alpha": Rule(float, 0, open_low=True),
+    "model.peft.num_tokens": POSITIVE_INT,
+    "model.peft.bottleneck": POSITIVE_INT,
+    "model.peft.scale": Rule(float),
+    "model.peft.dropout": FRACTION,
+    "callbacks.model_checkpoint.save_top_k": Rule(int, -1),
+    "callbacks.early_stopping.patience": COUNT,
 }
-PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine")
+PRECISIONS = (  # what Lightning 2.6 accepts
+    "64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
+    "transformer-engine", "transformer-engine-float16",
+)  # fmt: skip
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -109,8 +137,14 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not rule.accepts(value):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be {rule.allowed()}.")
+    widths = OmegaConf.select(cfg, "model.stem.widths", default=_ABSENT)
+    if widths is not _ABSENT and not (OmegaConf.is_list(widths) and all(POSITIVE_INT.accepts(w) for w in widths)):
+        raise ConfigError(f"model.stem.widths={widths!r} is not allowed: it must be a list of integers >= 1.")
     if OmegaConf.select(cfg, "trainer.max_epochs", default=None) == 0:
-        raise ConfigError("trainer.max_epochs=0 is not allowed: it must be >= 1, or -1 with trainer.max_steps set.")
+        raise ConfigError(
+            "trainer.max_epochs=0 is not allowed: it must be >= 1, or -1 (no epoch limit) with trainer.max_steps "
+            "set and scheduler=none (the cosine schedule is laid out in epochs)."
+        )
     precision = OmegaConf.select(cfg, "trainer.precision", default=_ABSENT)
     if precision is not _ABSENT and str(precision) not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision!r} is not an option. Allowed: {', '.join(PRECISIONS)}.")
@@ -133,15 +167,12 @@ def _devices_ok(devices: Any) -> bool:
 
 
 def writable_dir(path: Path) -> bool:
-    """Whether `path` is, or can be created as, a directory this process may write into."""
-    path = Path(path).expanduser().absolute()
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            return False
-        existing = existing.parent
-    return (
-        existing.is_dir()
-        and os.access(existing, os.W_OK | os.X_OK)
-        and (existing == path or path.is_relative_to(existing))
-    )
+    """Whether `path` is, or can be created as, a directory this process can write a file into — tried, not
+    guessed (`os.access` says yes to root on a read-only or virtual file system). Creates the directory."""
+    try:
+        Path(path).expanduser().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=Path(path).expanduser()):
+            pass
+    except OSError:
+        return False
+    return True

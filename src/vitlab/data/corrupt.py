@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from pathlib import Path
 from typing import Any
 
 from PIL import UnidentifiedImageError
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 
 from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab")
 UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError)  # what PIL raises for broken files
+
+
+def read_image(path: str | Path) -> Any:
+    """An RGB PIL image; an unreadable file stops the run with one paragraph naming it."""
+    try:
+        return default_loader(str(path))
+    except UNREADABLE as exc:
+        raise ConfigError(
+            f"data: {path} is not a readable image ({type(exc).__name__}: {exc}). Remove or replace it."
+        ) from exc
 
 
 class CheckedImageFolder(ImageFolder):

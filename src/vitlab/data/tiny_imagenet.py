@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import default_loader
 
 from vitlab.data.base import ImageDataModule
+from vitlab.data.corrupt import read_image
 from vitlab.data.splits import hold_out_val
 from vitlab.data.transforms import build_transform
 from vitlab.errors import ConfigError
@@ -37,7 +37,7 @@ class LabelledFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        return self.transform(default_loader(str(path))), label
+        return self.transform(read_image(path)), label
 
 
 class TinyImageNetDataModule(ImageDataModule):

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlparse
 
 import timm
 from timm.models.vision_transformer import VisionTransformer
@@ -124,12 +122,15 @@ def _from_hub(ref: str, kwargs: dict[str, Any]) -> VisionTransformer:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One request to the hub's endpoint through huggingface_hub's own session (its proxies, its endpoint)."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # DNS, connection, proxy, TLS: all mean "not reachable now"
         return False
     return True
 

@@ -24,7 +24,7 @@ from torch import nn
 from vitlab.models.classifier import Classifier
 from vitlab.models.freeze import freeze_pretrained, parameter_shapes, resolve_freeze
 from vitlab.models.geometry import TokenGeometry, geometry_of
-from vitlab.models.pretrained import WeightsReport, load_pretrained, shapes, source_tensors
+from vitlab.models.pretrained import WeightsReport, load_head_slot, load_pretrained, shapes, source_tensors
 from vitlab.models.seams import check_seams
 from vitlab.models.weights import parse_weights
 
@@ -68,8 +68,8 @@ def build_classifier(
     tensors, dropped, original_pos = (
         source_tensors(spec, backbone, classes, vit) if spec.source != "none" else ({}, {}, None)
     )
-    if stem is not None and spec.source != "none" and getattr(stem, "keywords", {}).get("only_from_scratch"):
-        log.info("model/stem=auto: the backbone loads %s, so its own patch embedding is kept", spec.ref)
+    if getattr(stem, "keywords", {}).get("only_from_scratch") and "patch_embed.proj.weight" in tensors:
+        log.info("model/stem=auto: %s provides a patch embedding, which is kept (no conv stem)", spec.ref)
         stem = None
     adapters = {"stem": stem, "pos_embed": pos_embed, "mixer": mixer, "step_size": step_size}
     replaced_by: dict[str, str] = {}
@@ -87,8 +87,9 @@ def build_classifier(
         report = load_pretrained(
             vit, tensors, spec, stock, replaced_by, replace_pretrained, keep_head, original_pos, dropped
         )
-        pretrained = {k: vit.get_parameter(k).shape for k in report.loaded if _is_parameter(vit, k)}
-        log.info("%s", report.table())
+        load_head_slot(head_module, tensors, keep_head, report)
+        # frozen: what came from the weights *and* belongs to the stock backbone (a slot's own tensors train)
+        pretrained = {k: s for k, s in pretrained.items() if k in report.loaded}
     if frozen:
         if spec.source == "none":
             log.warning("model.freeze: the backbone is frozen but has no pre-trained weights (weights=none)")
@@ -97,11 +98,3 @@ def build_classifier(
     model = peft(model) if peft is not None else model
     model.weights_report = report
     return model
-
-
-def _is_parameter(module: nn.Module, name: str) -> bool:
-    try:
-        module.get_parameter(name)
-    except AttributeError:
-        return False
-    return True

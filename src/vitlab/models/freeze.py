@@ -1,9 +1,9 @@
 """`model.freeze`: which tensors of the pre-trained backbone are trained.
 
 Transfer methods (step sizes, the PEFT baselines) train only what they add, plus the head. "Pre-trained"
-means every tensor loaded from `model.backbone.weights` (the weights report's `loaded`); without weights,
-every tensor the stock timm backbone was built with, matched by name *and* shape after all adapters are
-installed. Either way a mixer that keeps timm's `qkv`/`proj` keeps them frozen, a tensor a slot adds (a
+means every tensor the stock timm backbone was built with, matched by name *and* shape after all adapters
+are installed — and, with `model.backbone.weights`, loaded from them (the weights report's `loaded`). So a
+mixer that keeps timm's `qkv`/`proj` keeps them frozen, a tensor a slot adds (a
 Nyström `res_conv`, a step size, a prompt) or one whose shape a slot changed (a new stem) stays trainable,
 and the classifier (timm's `head` or the head slot) is always trainable.
 """

@@ -31,7 +31,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor
 
 from vitlab.errors import ConfigError
-from vitlab.models.weights import HEAD_KEYS, WEIGHTS_KEY, WeightsSpec, read_state_dict
+from vitlab.models.weights import HEAD_KEYS, HEAD_SLOT, WEIGHTS_KEY, WeightsSpec, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,28 @@ def source_tensors(
         return tensors, dropped, None
     raw = read_state_dict(spec.ref)
     original_pos = raw.get("pos_embed")
-    return checkpoint_filter_fn(raw, stock), {}, original_pos
+    head_slot = {k: v for k, v in raw.items() if k.startswith(HEAD_SLOT)}  # not timm's to filter
+    fitted = checkpoint_filter_fn({k: v for k, v in raw.items() if k not in head_slot}, stock)
+    return {**fitted, **head_slot}, {}, original_pos
+
+
+def load_head_slot(
+    head: torch.nn.Module | None, tensors: Mapping[str, Tensor], keep: bool, report: WeightsReport
+) -> None:
+    """A vitlab checkpoint's head-slot tensors go into the composed model's head slot when it is the same head
+    (names and shapes) and `pretrained_head` is true; otherwise they are reported as dropped, with why."""
+    given = {k[len(HEAD_SLOT) :]: v for k, v in tensors.items() if k.startswith(HEAD_SLOT)}
+    own = head.state_dict() if head is not None else {}
+    fits = (
+        bool(given) and keep and given.keys() == own.keys() and all(own[k].shape == v.shape for k, v in given.items())
+    )
+    if fits:
+        head.load_state_dict(given)  # type: ignore[union-attr]
+        report.loaded += [f"model.head.{k}" for k in sorted(given)]
+        return
+    why = "head slot: pretrained_head=false" if not keep else "head slot: another head (slot, class count)"
+    report.dropped.update({f"model.head.{k}": why for k in given})
+    report.new += [f"model.head.{k}" for k in sorted(own)]
 
 
 def _keyword(factory: Any, name: str, default: Any = None) -> Any:
@@ -132,6 +153,8 @@ def load_pretrained(
     refused: dict[str, list[str]] = {}
     unexpected, wrong_shape = [], []
     for key, value in tensors.items():
+        if key.startswith(HEAD_SLOT):
+            continue  # the head slot's, see `load_head_slot`
         if key in HEAD_KEYS and (not keep_head or key not in own or own[key].shape != value.shape):
             report.dropped[key] = "head: another class count, a head slot, or pretrained_head=false"
             continue

@@ -25,6 +25,7 @@ WEIGHTS_KEY = "model.backbone.weights"
 # Key prefixes stripped from a state dict, in order: Lightning module, our Classifier, DDP, torch.compile.
 PREFIXES = ("model.backbone.", "backbone.", "module.", "_orig_mod.")
 HEAD_KEYS = ("head.weight", "head.bias")
+HEAD_SLOT = "head_slot."  # a head slot's tensors in a vitlab checkpoint (model.head.*)
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def strip_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Remove wrapper prefixes; keys of our own head slot (`model.head.`) are not backbone keys and go."""
+    """Remove wrapper prefixes. Keys of a vitlab head slot (`model.head.`) are kept as `head_slot.<name>` (the
+    composed model loads them into its head slot when it has the same one); other non-backbone keys go."""
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
+        if key.startswith("model.head."):
+            out[HEAD_SLOT + key[len("model.head.") :]] = value
+            continue
         if key.startswith("model.") and not key.startswith("model.backbone."):
             continue
         for prefix in PREFIXES:
