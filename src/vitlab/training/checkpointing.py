@@ -45,7 +45,36 @@ def fsync_replace(tmp: Path, target: Path) -> None:
         os.close(directory)
 
 
-class LastCheckpoint(Checkpoint):
+class StepBoundaries(Checkpoint):
+    """Calls `at_step(trainer)` at each optimiser-step boundary where a checkpoint may be written: right after
+    the step, or after the validation that follows it (see `boundary`). A `Checkpoint` subclass, so Lightning
+    runs it after every other callback (an EMA update of the step is in what is written)."""
+
+    _step_at_start, _deferred = -1, False
+
+    def at_step(self, trainer: pl.Trainer) -> None:
+        raise NotImplementedError
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        where = boundary(trainer, stepped=trainer.global_step > self._step_at_start)
+        self._deferred = where == "before_validation"
+        if where == "step":
+            self.at_step(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._deferred and not trainer.sanity_checking:
+            self._deferred = False
+            self.at_step(trainer)
+
+
+class LastCheckpoint(StepBoundaries):
     """Writes `<dirpath>/last.ckpt` atomically; see the module docstring.
 
     Args:
@@ -64,7 +93,6 @@ class LastCheckpoint(Checkpoint):
         self.every_n_epochs = every_n_epochs
         self.every_n_train_steps = every_n_train_steps or 0
         self.last_saved_step = -1
-        self._step_at_start, self._pending = 0, False
 
     @property
     def path(self) -> Path:
@@ -83,28 +111,11 @@ class LastCheckpoint(Checkpoint):
         return self.path
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.last_saved_step, self._pending = trainer.global_step, False  # a resumed run has this step saved
+        self.last_saved_step = trainer.global_step  # a resumed run has this step saved already
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._step_at_start = trainer.global_step
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def at_step(self, trainer: pl.Trainer) -> None:
         step = trainer.global_step
-        if not self.every_n_train_steps or step == self.last_saved_step or step % self.every_n_train_steps:
-            return
-        where = boundary(trainer, stepped=step > self._step_at_start)
-        if where == "before_validation":
-            self._pending = True  # write it once this step's validation has run
-        elif where == "step":
-            self.save(trainer)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if getattr(self, "_pending", False) and not trainer.sanity_checking:
-            self._pending = False
+        if self.every_n_train_steps and step != self.last_saved_step and step % self.every_n_train_steps == 0:
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

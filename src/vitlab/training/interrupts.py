@@ -28,9 +28,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Checkpoint
 
-from vitlab.training.checkpointing import LastCheckpoint, boundary
+from vitlab.training.checkpointing import LastCheckpoint, StepBoundaries
 
 log = logging.getLogger("vitlab")
 
@@ -124,12 +123,8 @@ def _agreed_signal(trainer: pl.Trainer) -> int | None:
     return signum or None
 
 
-class InterruptGuard(Checkpoint):
-    """Acts on a pending signal at safe points; see the module docstring.
-
-    A `Checkpoint` subclass only so that Lightning runs its hooks after every other callback's (an EMA update
-    of the step must be in the checkpoint written at the step's end).
-    """
+class InterruptGuard(StepBoundaries):
+    """Acts on a pending signal at safe points; see the module docstring."""
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         install_handlers()  # replace the SIGTERM handler Lightning registered when the fit started
@@ -140,23 +135,8 @@ class InterruptGuard(Checkpoint):
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         install_handlers()
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._step_at_start = trainer.global_step
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        where = boundary(trainer, stepped=trainer.global_step > getattr(self, "_step_at_start", -1))
-        if where == "step":
-            self._stop_if_signalled(trainer, save=True)
-        self._after_validation = where == "before_validation"  # inside an accumulation or at epoch end: later
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if getattr(self, "_after_validation", False) and not trainer.sanity_checking:
-            self._after_validation = False
-            self._stop_if_signalled(trainer, save=True)
+    def at_step(self, trainer: pl.Trainer) -> None:
+        self._stop_if_signalled(trainer, save=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_if_signalled(trainer, save=True)
