@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vitlab.cli.config_dir import config_dir
+from vitlab.cli.config_dir import CONFIG_PATH
 from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab")
@@ -59,7 +59,7 @@ def run_bench(cfg: DictConfig) -> None:
         raise ConfigError(f"bench={cfg.bench!r} is not a benchmark; allowed: {', '.join(BENCHES)}.")
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="bench")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
 def _main(cfg: DictConfig) -> None:
     try:
         run_bench(cfg)

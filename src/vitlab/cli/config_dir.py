@@ -1,18 +1,20 @@
-"""Locate the `configs/` tree that Hydra composes from."""
+"""Where Hydra finds vitlab's configs: the package `vitlab.configs` (the repository's `configs/`, shipped in the wheel)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import resources
+
+CONFIG_MODULE = "vitlab.configs"
+# what the entry points give Hydra; a user's own configs come first through --config-dir / hydra.searchpath
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 
 
 def config_dir() -> str:
-    """The repository's `configs/` (vitlab is installed editable from a checkout: `make install`)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "configs"
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise SystemExit(
-        "vitlab: no configs/ directory found above the installed package. Install vitlab from a checkout "
-        "with `make install` (pip install -e .), or pass --config-dir."
-    )
+    """The packaged configs as a directory on disk (editable installs: the checkout's `configs/`)."""
+    root = resources.files(CONFIG_MODULE)
+    if not root.joinpath("train.yaml").is_file():
+        raise SystemExit(
+            f"vitlab: the package {CONFIG_MODULE} holds no train.yaml ({root}). The installation is incomplete: "
+            "reinstall vitlab (pip install 'vitlab @ <wheel or checkout>')."
+        )
+    return str(root)

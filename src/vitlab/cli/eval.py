@@ -22,7 +22,7 @@ from vitlab.cli.components import (
     log_config,
     update_wandb_summary,
 )
-from vitlab.cli.config_dir import config_dir
+from vitlab.cli.config_dir import CONFIG_PATH
 from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
 from vitlab.cli.slurm import match_threads_to_allocation
 from vitlab.cli.validate import check_config
@@ -84,7 +84,7 @@ def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
         print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> float | None:
     configure_wandb(cfg)
     pin_run_dir_for_ddp()

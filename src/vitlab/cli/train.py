@@ -34,7 +34,7 @@ from vitlab.cli.components import (
     print_param_table,
     update_wandb_summary,
 )
-from vitlab.cli.config_dir import config_dir
+from vitlab.cli.config_dir import CONFIG_PATH
 from vitlab.cli.in_place import RunFinished, apply_attempt, open_attempt
 from vitlab.cli.resume import expand_resume_argv
 from vitlab.cli.runner import (
@@ -188,7 +188,7 @@ def _best_val(trainer: Any) -> float | None:
     return float(value) if value is not None else None
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     configure_wandb(cfg)
     pin_run_dir_for_ddp()
