@@ -134,7 +134,7 @@ def test_linformer_projecting_tokens_first_equals_projecting_keys(share_kv: bool
     torch.nn.init.normal_(attn.qkv.bias)
     x = torch.randn(2, 65, DIM)
     projected_first = attn(x)
-    attn.rope = lambda q, k: (q, k)  # an identity "rotation" forces the per-head path
+    attn.rope = lambda q, k, offset=0: (q, k)  # an identity "rotation" forces the per-head path
     torch.testing.assert_close(projected_first, attn(x), rtol=0, atol=1e-5)
 
 

@@ -39,6 +39,7 @@ def create_backbone(
     drop_path_rate: float = 0.0,
     dynamic_img_size: bool | None = None,
     pretrained_head: bool = True,
+    norm_eps: float | None = None,
 ) -> VisionTransformer:
     """Create timm model `name`, overriding any size given (None keeps timm's value).
 
@@ -49,7 +50,11 @@ def create_backbone(
         drop_rate / pos_drop_rate / proj_drop_rate / attn_drop_rate / drop_path_rate: timm's dropouts on
             the pooled features, after the position embedding, after attention and MLP projections, on the
             attention matrix, and stochastic depth.
+        norm_eps: ε of every LayerNorm; None keeps timm's (1e-6). PyTorch's default, which the ViX code
+            uses, is 1e-5.
     """
+    if norm_eps is not None and (isinstance(norm_eps, bool) or not isinstance(norm_eps, int | float) or norm_eps <= 0):
+        raise ConfigError(f"model.backbone.norm_eps={norm_eps!r} is not allowed: it must be a number > 0 (or null).")
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise ConfigError(f"model.backbone.name={name!r} is not a timm model. Close matches: {close}.")
@@ -93,6 +98,10 @@ def create_backbone(
             f"model.backbone.name={name!r} builds a {type(model).__name__}; vitlab needs a timm "
             "VisionTransformer (names starting with vit_, deit_ ...)."
         )
+    if norm_eps is not None:
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = float(norm_eps)
     if spec.source == "file":
         load_file_weights(model, spec.ref, keep_head=pretrained_head)
     elif spec.source == "hub" and not pretrained_head and num_classes > 0:

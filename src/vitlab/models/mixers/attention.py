@@ -29,6 +29,11 @@ class AttentionKernel(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def rope_offset(self, n: int) -> int:
+        """Position of the first of n real tokens when RoPE rotates them (a kernel that pads in front before
+        rotating, as the ViX code's Nyström does, shifts them by its padding)."""
+        return 0
+
     def sequence_projections(self, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
         """(E, F), each (n, k), if the kernel mixes keys and values only through fixed linear projections
         along the sequence (Linformer). Projections commute with the linear q/k/v maps, so `QKVAttention`
@@ -51,7 +56,7 @@ class KernelFactory(Protocol):
 
 
 class RotaryLike(Protocol):
-    def __call__(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]: ...
+    def __call__(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]: ...
 
 
 class QKVAttention(nn.Module):
@@ -98,7 +103,7 @@ class QKVAttention(nn.Module):
         # ViX code: with share_kv the values are the keys *before* rotation (ViL-RoPE)
         q, k, v = parts if len(parts) == 3 else (*parts, parts[1])
         if self.rope is not None:
-            q, k = self.rope(q, k)
+            q, k = self.rope(q, k, self.kernel.rope_offset(N))
         out = self.kernel(q, k, v).transpose(1, 2).reshape(B, N, self.attn_dim)
         return self.proj_drop(self.proj(out))
 

@@ -19,26 +19,40 @@ MixerFactory = Callable[..., nn.Module]  # called as mixer(geo=...), for mixers 
 
 
 def install_mixer(
-    vit: VisionTransformer, kernel: KernelFactory | None = None, mixer: MixerFactory | None = None
+    vit: VisionTransformer,
+    kernel: KernelFactory | None = None,
+    mixer: MixerFactory | None = None,
+    proj_drop: float | None = None,
 ) -> VisionTransformer:
     """Swap `blocks[i].attn` for `QKVAttention(kernel)` or for `mixer(geo=geo)` (exactly one is given).
 
     The q/k/v and output projections of the replaced timm attention (random or pre-trained) are copied
     into the new module wherever the shapes agree, so `weights=file:...` and a mixer compose.
+    `proj_drop`: dropout after the attention's output projection; None keeps the backbone's
+    `proj_drop_rate`, which timm also puts in the MLP (the ViX code's Nyström and Performer layers have none
+    there while their MLPs drop).
     """
     if (kernel is None) == (mixer is None):
         raise ConfigError("model.mixer needs exactly one of `kernel` (attention) or `mixer` (FNet, MLP-Mixer).")
+    if proj_drop is not None and (kernel is None or not 0 <= proj_drop < 1):
+        raise ConfigError(
+            f"model.mixer.proj_drop={proj_drop!r} is not allowed: it must be a number in [0, 1) or null (the "
+            "backbone's proj_drop_rate), and only attention mixers (softmax, nystrom, performer, linformer) have it."
+        )
     geo = geometry_of(vit)
     for block in vit.blocks:
         old = block.attn
-        new = attention_like(old, geo, kernel) if kernel is not None else mixer(geo=geo)
+        new = attention_like(old, geo, kernel, proj_drop) if kernel is not None else mixer(geo=geo)
         copy_projections(old, new)
         block.attn = new
     return vit
 
 
-def attention_like(old: nn.Module, geo: TokenGeometry, kernel: KernelFactory) -> QKVAttention:
-    """A `QKVAttention` with the sizes, biases and dropouts of `old` (a timm or vitlab attention)."""
+def attention_like(
+    old: nn.Module, geo: TokenGeometry, kernel: KernelFactory, proj_drop: float | None = None
+) -> QKVAttention:
+    """A `QKVAttention` with the sizes, biases and dropouts of `old` (a timm or vitlab attention); `proj_drop`
+    replaces the output projection's dropout rate when given."""
     if isinstance(old, Attention):
         unsupported = [n for n in ("q_norm", "k_norm", "norm") if not isinstance(getattr(old, n), nn.Identity)]
         if getattr(old, "gate", None) is not None:
@@ -59,7 +73,7 @@ def attention_like(old: nn.Module, geo: TokenGeometry, kernel: KernelFactory) ->
         head_dim=old.head_dim,
         qkv_bias=old.qkv.bias is not None,
         proj_bias=old.proj.bias is not None,
-        proj_drop=old.proj_drop.p,
+        proj_drop=old.proj_drop.p if proj_drop is None else proj_drop,
     )
 
 

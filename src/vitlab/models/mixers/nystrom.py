@@ -3,9 +3,14 @@
     Ŝ V = softmax(Q K̃ᵀ) · pinv(softmax(Q̃ K̃ᵀ)) · softmax(Q̃ Kᵀ) · V  (+ depthwise conv of V along the sequence)
 
 Q̃, K̃ are m landmarks: means of m contiguous segments of the sequence, which is front-padded to a multiple
-of m. The padded positions are masked (zero queries/keys/values, excluded from the segment means and from
-every softmax), so they never change the output; this equals lucidrains/nystrom-attention called with an
-all-true mask. The pseudo-inverse is the iterative Moore–Penrose scheme of Razavi et al. (2014, eq. 16).
+of m (l = ⌈n/m⌉ tokens per segment, p = m·l − n pads). Two ways to treat the pads (`padding`):
+- `masked` (ours, the default): excluded from the segment means and from every softmax, so they never change
+  the output; equals lucidrains/nystrom-attention called with an all-true mask.
+- `official` (the ViX code, and that package without a mask): zero queries/keys/values that count in the
+  segment means (sum / l; at n = 1025, m = 64 the first three landmarks are zero vectors) and whose zero
+  logits take part in the softmaxes over landmarks and over keys.
+Both are the same function when m divides n. The pseudo-inverse is the iterative Moore–Penrose scheme of
+Razavi et al. (2014, eq. 16). docs/papers/vix-code-parity.md compares both with the code.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from vitlab.models.geometry import TokenGeometry
 from vitlab.models.mixers.attention import AttentionKernel, at_least_fp32
 
 PinvInit = Literal["matrix", "batch"]
+Padding = Literal["masked", "official"]
 
 
 def iterative_pinv(x: Tensor, iterations: int, init: PinvInit = "matrix") -> Tensor:
@@ -59,6 +65,7 @@ class NystromKernel(AttentionKernel):
         residual: bool = True,
         residual_kernel: int = 33,
         pinv_init: PinvInit = "matrix",
+        padding: Padding = "masked",
         eps: float = 1e-8,
     ) -> None:
         super().__init__()
@@ -69,7 +76,13 @@ class NystromKernel(AttentionKernel):
             )
         if pinv_init not in ("matrix", "batch"):
             raise ConfigError(f"model.mixer.kernel.pinv_init={pinv_init!r} is not one of: matrix, batch.")
+        if padding not in ("masked", "official"):
+            raise ConfigError(
+                f"model.mixer.kernel.padding={padding!r} is not one of: masked (pads excluded, ours), official "
+                "(the ViX code's zero pads in the landmark means and softmaxes)."
+            )
         self.num_landmarks, self.pinv_iterations, self.pinv_init = num_landmarks, pinv_iterations, pinv_init
+        self.padding = padding
         self.scale, self.eps = head_dim**-0.5, eps
         # ViX: a per-head (kernel × 1) convolution of the values along the sequence, no bias
         self.res_conv = (
@@ -92,12 +105,31 @@ class NystromKernel(AttentionKernel):
             out = self._attend(q * self.scale, k, v)
         return out.to(dtype)
 
+    def rope_offset(self, n: int) -> int:
+        """The ViX code rotates after padding: its real tokens sit at positions p..p+n−1 of the table."""
+        return self._pad(n) if self.padding == "official" else 0
+
+    def _pad(self, n: int) -> int:
+        return self.num_landmarks * math.ceil(n / self.num_landmarks) - n
+
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         n, m = q.shape[-2], self.num_landmarks
-        seg = math.ceil(n / m)
-        pad = m * seg - n  # front padding, as in ViX / lucidrains
+        seg, pad = math.ceil(n / m), self._pad(n)  # front padding, as in ViX / lucidrains
+        if pad and self.padding == "official":
+            values, kernel_1, kernel_2 = self._official_kernels(q, k, v, m, seg, pad)
+        else:
+            values, kernel_1, kernel_2 = self._masked_kernels(q, k, v, m, seg, pad)
+        out = kernel_1 @ (iterative_pinv(kernel_2, self.pinv_iterations, self.pinv_init) @ values)
+        if self.res_conv is not None:
+            out = out + self._residual(v)  # zero 'same' padding = the code's zero pads in front
+        return out
+
+    def _masked_kernels(self, q: Tensor, k: Tensor, v: Tensor, m: int, seg: int, pad: int) -> tuple[Tensor, ...]:
+        """(softmax(Q̃Kᵀ)V, softmax(QK̃ᵀ), softmax(Q̃K̃ᵀ)) with the pads masked out."""
+        n = q.shape[-2]
         counts = self._segment_counts(n, m, seg, pad, q.device)  # real tokens per segment
-        q_land, k_land = (self._landmarks(t, m, seg, pad, counts) for t in (q, k))
+        divisor = counts[:, None] + self.eps if pad else seg
+        q_land, k_land = (self._landmarks(t, m, seg, pad, divisor) for t in (q, k))
         empty = counts == 0 if pad >= seg else None  # whole segments of padding (masked landmarks)
 
         sim1 = q @ k_land.transpose(-1, -2)  # (.., n, m): padded query rows are never computed
@@ -107,15 +139,25 @@ class NystromKernel(AttentionKernel):
             big = -torch.finfo(q.dtype).max
             sim1 = sim1.masked_fill(empty, big)
             sim2 = sim2.masked_fill(empty[:, None] | empty[None, :], big)
-        kernel_1, kernel_2, kernel_3 = sim1.softmax(-1), sim2.softmax(-1), sim3.softmax(-1)
-        values = kernel_3 @ v
+        values = sim3.softmax(-1) @ v
         if empty is not None:
             # a fully masked row is uniform over all n + pad positions, whose padded values are zero
             values = torch.where(empty[:, None], v.sum(dim=-2, keepdim=True) / (n + pad), values)
-        out = kernel_1 @ (iterative_pinv(kernel_2, self.pinv_iterations, self.pinv_init) @ values)
-        if self.res_conv is not None:
-            out = out + self._residual(v)
-        return out
+        return values, sim1.softmax(-1), sim2.softmax(-1)
+
+    def _official_kernels(self, q: Tensor, k: Tensor, v: Tensor, m: int, seg: int, pad: int) -> tuple[Tensor, ...]:
+        """The same three kernels as the ViX code computes them on its zero-padded sequence.
+
+        Pads are zero vectors: they add nothing to the segment sums, which are divided by the full l; each has
+        logit 0 against every landmark, so softmax(Q̃Kᵀ) over n + p keys is exp(s) / (Σ exp(s) + p), taken in
+        log space; their zero values add nothing to softmax(Q̃Kᵀ)V. The pads' own query rows are dropped by the
+        code (it keeps the last n outputs) and are never computed here."""
+        q_land, k_land = (self._landmarks(t, m, seg, pad, seg) for t in (q, k))
+        sim3 = q_land @ k.transpose(-1, -2)  # (.., m, n) real keys only
+        log_norm = torch.logaddexp(sim3.logsumexp(dim=-1, keepdim=True), sim3.new_tensor(math.log(pad)))
+        values = (sim3 - log_norm).exp() @ v
+        kernel_1 = (q @ k_land.transpose(-1, -2)).softmax(-1)
+        return values, kernel_1, (q_land @ k_land.transpose(-1, -2)).softmax(-1)
 
     def _residual(self, v: Tensor) -> Tensor:
         """`res_conv(v)`, computed as a 1-D depthwise convolution over (head, channel) pairs: the same result
@@ -127,12 +169,11 @@ class NystromKernel(AttentionKernel):
         y = F.conv1d(x, weight.to(x.dtype), padding=self.res_conv.padding[0], groups=H * D)
         return y.reshape(B, H, D, n).transpose(-1, -2)
 
-    def _landmarks(self, t: Tensor, m: int, seg: int, pad: int, counts: Tensor) -> Tensor:
-        """Segment means over real tokens: (B, H, n, D) -> (B, H, m, D)."""
+    @staticmethod
+    def _landmarks(t: Tensor, m: int, seg: int, pad: int, divisor: Tensor | int) -> Tensor:
+        """Segment sums of the front-padded sequence over `divisor`: (B, H, n, D) -> (B, H, m, D)."""
         t = F.pad(t, (0, 0, pad, 0)) if pad else t
-        sums = t.unflatten(-2, (m, seg)).sum(dim=-2)
-        divisor = counts[:, None] + self.eps if pad else seg
-        return sums / divisor
+        return t.unflatten(-2, (m, seg)).sum(dim=-2) / divisor
 
     @staticmethod
     def _segment_counts(n: int, m: int, seg: int, pad: int, device: torch.device) -> Tensor:
@@ -140,4 +181,7 @@ class NystromKernel(AttentionKernel):
         return ((starts + seg).clamp(min=pad) - starts.clamp(min=pad)).float()
 
     def extra_repr(self) -> str:
-        return f"num_landmarks={self.num_landmarks}, pinv_iterations={self.pinv_iterations}, pinv_init={self.pinv_init}"
+        return (
+            f"num_landmarks={self.num_landmarks}, pinv_iterations={self.pinv_iterations}, "
+            f"pinv_init={self.pinv_init}, padding={self.padding}"
+        )

@@ -3,7 +3,10 @@
 Choromanski et al. 2021, "Rethinking Attention with Performers", Lemma 1 / eq. (5):
     φ(x) = exp(wᵢᵀx − ‖x‖²/2) / √m  with orthogonal wᵢ,   Att(q, k, v) ≈ D⁻¹ φ(Q) (φ(K)ᵀ V),  D = diag(φ(Q) φ(K)ᵀ 1).
 The data normaliser d^(-1/4) on q and k gives the 1/√d temperature; the max-subtraction is the usual
-numerical stabiliser (per query row, and over all keys for K so that it cancels in D⁻¹). Settings follow the
+numerical stabiliser (per query row, and over all keys for K). Because ε is added after it, the stabiliser
+changes the output slightly: `stabiliser=per_head` (ours) takes the keys' maximum per sample and head
+(detached), so a sample's output does not depend on the rest of the batch; `batch` is the ViX code: one
+maximum over the whole batch for the keys, and gradients flow through both maxima. Settings follow the
 ViX code: m = ⌊d·ln d⌋ features, kernel ε = 1e-4, features drawn once (redraw is opt-in, by a callback).
 """
 
@@ -17,6 +20,8 @@ from torch import Tensor
 from vitlab.errors import ConfigError
 from vitlab.models.geometry import TokenGeometry
 from vitlab.models.mixers.attention import AttentionKernel, at_least_fp32
+
+STABILISERS = ("per_head", "batch")
 
 
 def orthogonal_gaussian_features(
@@ -75,8 +80,15 @@ class PerformerKernel(AttentionKernel):
         ortho_scaling: int = 0,
         kernel_eps: float = 1e-4,
         redraw_interval: int | None = None,
+        stabiliser: str = "per_head",
     ) -> None:
         super().__init__()
+        if stabiliser not in STABILISERS:
+            raise ConfigError(
+                f"model.mixer.kernel.stabiliser={stabiliser!r} is not one of: per_head (keys' maximum per sample "
+                "and head, ours), batch (one maximum over the whole batch, the ViX code)."
+            )
+        self.stabiliser = stabiliser
         self.head_dim = head_dim
         self.nb_features = int(nb_features or int(head_dim * math.log(head_dim)))
         if self.nb_features < 1:
@@ -98,8 +110,10 @@ class PerformerKernel(AttentionKernel):
         folded into the exponent."""
         x = x * self.head_dim**-0.25
         proj = x @ self.projection_matrix.to(x.dtype).T
-        dims = (-1,) if is_query else (-1, -2)
-        stabiliser = proj.detach().amax(dim=dims, keepdim=True)
+        if self.stabiliser == "batch":  # the ViX code: torch.max over everything for keys, not detached
+            stabiliser = proj.amax(dim=-1, keepdim=True) if is_query else proj.amax()
+        else:
+            stabiliser = proj.detach().amax(dim=(-1,) if is_query else (-1, -2), keepdim=True)
         log_ratio = -0.5 * math.log(self.nb_features)
         shift = log_ratio - stabiliser - x.square().sum(dim=-1, keepdim=True) / 2  # (B, H, N, 1): cheap
         return _ExpFeatures.apply(proj, shift, self.kernel_eps * math.exp(log_ratio))
@@ -123,4 +137,4 @@ class PerformerKernel(AttentionKernel):
             missing_keys.remove(key)  # random, not learned: keep the construction-time draw
 
     def extra_repr(self) -> str:
-        return f"nb_features={self.nb_features}, redraw_interval={self.redraw_interval}"
+        return f"nb_features={self.nb_features}, redraw_interval={self.redraw_interval}, stabiliser={self.stabiliser}"
