@@ -15,53 +15,29 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning import seed_everything
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from vitlab.cli.checkpoint import read_checkpoint_config
-from vitlab.cli.components import (
-    build_datamodule,
-    build_module,
-    build_trainer,
-    log_config,
-    print_param_table,
-    update_wandb_summary,
-)
 from vitlab.cli.config_dir import CONFIG_PATH
-from vitlab.cli.in_place import RunFinished, apply_attempt, open_attempt
-from vitlab.cli.resume import expand_resume_argv
-from vitlab.cli.runner import (
-    Failures,
-    configure_wandb,
-    is_multirun,
-    pin_run_dir_for_ddp,
-    report,
-    run_task,
-    task_overrides,
-)
-from vitlab.cli.slurm import match_threads_to_allocation
+from vitlab.cli.show_hydra import show_resolved_hydra
 from vitlab.cli.validate import check_config, writable_dir
-from vitlab.data.corrupt import CheckedImageFolder
 from vitlab.errors import ConfigError
-from vitlab.models.summary import param_counts
-from vitlab.provenance import provenance
-from vitlab.training.cost import CostMeter
-from vitlab.training.determinism import StepSeeding
-from vitlab.training.dynamics_monitor import learned_dynamics, summarize
-from vitlab.training.interrupts import InterruptGuard, TrainingInterrupted, raise_if_interrupted
+
+# torch, Lightning and everything that imports them load inside the functions that use them: `--help`,
+# `--cfg` and Hydra's composition answer in about a second instead of paying the ~10 s of those imports.
+if TYPE_CHECKING:
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
 log = logging.getLogger("vitlab")
 
 
 def check_resume(cfg: DictConfig) -> None:
     """A resumed run must rebuild the architecture it saved; say which overrides made it if not."""
+    from vitlab.cli.checkpoint import read_checkpoint_config
+
     path = cfg.get("ckpt_path")
     if path is None:
         return
@@ -75,6 +51,24 @@ def check_resume(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
+    from pytorch_lightning import seed_everything
+
+    from vitlab.cli.components import (
+        build_datamodule,
+        build_module,
+        build_trainer,
+        log_config,
+        print_param_table,
+        update_wandb_summary,
+    )
+    from vitlab.data.corrupt import CheckedImageFolder
+    from vitlab.models.summary import param_counts
+    from vitlab.provenance import provenance
+    from vitlab.training.cost import CostMeter
+    from vitlab.training.determinism import StepSeeding
+    from vitlab.training.dynamics_monitor import learned_dynamics, summarize
+    from vitlab.training.interrupts import InterruptGuard, raise_if_interrupted
+
     check_config(cfg)  # types and ranges first: nothing is built from a value that cannot work
     CheckedImageFolder.skipped.value = 0  # this run's count (a sweep runs many in one process)
     seed_everything(cfg.seed, workers=True)
@@ -122,6 +116,8 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
 
 def record_weights_report(model: torch.nn.Module, run_dir: Path, record: dict[str, Any]) -> None:
     """When weights were loaded: the counts in results.json, the full lists in weights_report.json."""
+    from pytorch_lightning.utilities import rank_zero_only
+
     report = getattr(model, "weights_report", None)
     if report is None:
         return
@@ -133,6 +129,10 @@ def record_weights_report(model: torch.nn.Module, run_dir: Path, record: dict[st
 
 def _fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | None) -> None:
     """`trainer.fit`, with Lightning's own SIGTERM exit (status 0, nothing saved) reported as an interrupt."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from vitlab.training.interrupts import TrainingInterrupted
+
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException as exc:
@@ -141,6 +141,8 @@ def _fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | None) -> N
 
 def _checkpoint_callback(trainer: Any) -> ModelCheckpoint | None:
     """The checkpoint callback that tracks a metric (the best model), not the one writing last.ckpt."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
     return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
 
 
@@ -181,6 +183,8 @@ def export_backbone(model: torch.nn.Module, path: Path) -> None:
 
 
 def _best_val(trainer: Any) -> float | None:
+    import torch
+
     ckpt = _checkpoint_callback(trainer)
     if ckpt is not None and isinstance(ckpt.best_model_score, torch.Tensor):
         return float(ckpt.best_model_score)
@@ -190,6 +194,18 @@ def _best_val(trainer: Any) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from vitlab.cli.in_place import RunFinished, apply_attempt, open_attempt
+    from vitlab.cli.runner import (
+        Failures,
+        configure_wandb,
+        is_multirun,
+        pin_run_dir_for_ddp,
+        report,
+        run_task,
+        task_overrides,
+    )
+    from vitlab.cli.slurm import match_threads_to_allocation
+
     configure_wandb(cfg)
     pin_run_dir_for_ddp()
     match_threads_to_allocation()
@@ -215,13 +231,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    try:
-        sys.argv = [sys.argv[0], *expand_resume_argv(sys.argv[1:])]
-    except ConfigError as exc:
-        report(str(exc), user_error=True)
-        raise SystemExit(2) from None
+    if any(arg.startswith("resume=") for arg in sys.argv[1:]):  # the run-state modules import torch: only then
+        from vitlab.cli.resume import expand_resume_argv
+        from vitlab.cli.runner import report
+
+        try:
+            sys.argv = [sys.argv[0], *expand_resume_argv(sys.argv[1:])]
+        except ConfigError as exc:
+            report(str(exc), user_error=True)
+            raise SystemExit(2) from None
+    if show_resolved_hydra("train", sys.argv[1:]):  # Hydra's own cannot resolve ${paths.log_dir} there
+        return
     _hydra_main()
-    if Failures.count:
+    runner = sys.modules.get("vitlab.cli.runner")  # not imported: no task ran (--help, --cfg, --info)
+    if runner is not None and runner.Failures.count:
         raise SystemExit(1)
 
 
