@@ -8,7 +8,7 @@ Rows are keyed by each run's overrides (from results.json) without `seed` and `p
 counted, not averaged. With `--select KEY`, runs that differ only in KEY form one row, and the row reports
 the KEY value whose mean `--select-metric` (default `val/acc`, never the test metric) over seeds is best.
 With `--vtab`, runs that differ only in `data.task` form one row with the three VTAB-1k group means, their
-mean (VPT/NOAH/FacT's "average") and the flat mean over the tasks present (papers.md §1.8).
+mean (VPT/NOAH/FacT's "average") and the flat mean over the tasks present (docs/papers/ode.md#averaging-conventions).
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def test_model_bench_reports_params_macs_and_throughput(tmp_path) -> None:
     proc = run_bench(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "model_eit_cifar.json").read_text())
-    assert record["params/total"] == 3_079_010
+    assert record["params/total"] == 3_079_010  # docs/papers/eit.md#presets
     assert record["cost/macs_per_image"] > record["cost/macs_no_attn_per_image"] > 0
     assert record["cost/train_img_per_s"] > 0
 

@@ -42,7 +42,7 @@ def test_short_training_beats_chance_by_a_wide_margin(trained) -> None:
     (result,) = trained.results()
     assert result["status"] == "ok" and "error" not in result  # only a failed run has an error
     assert result["test/acc"] > 0.5, result  # chance is 0.1
-    for key in (  # DESIGN.md's results.json contract: every field filled, no nulls, in a normal run
+    for key in (  # the results.json contract of docs/runs.md: every field filled, no nulls, in a normal run
         "test/acc",
         "val/acc",
         "params/total",

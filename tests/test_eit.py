@@ -15,7 +15,8 @@ from vitlab.models.mixers.softmax import SoftmaxKernel
 from vitlab.models.stems.eit import EITStem
 from vitlab.training.cost import macs_breakdown
 
-# papers.md §2.3: official training logs (`n_parameters`, 1000 classes) and the per-layer conv channels c_l
+# docs/papers/eit.md#numbers-we-check-against: official training logs (`n_parameters`, 1000 classes) and the
+# per-layer conv channels c_l
 OFFICIAL = {
     "eit_mini": (3_512_750, [200, 150, 100, 50, 0]),
     "eit_tiny": (8_927_230, [290, 250, 210, 170, 130, 90, 50, 0]),
@@ -23,7 +24,7 @@ OFFICIAL = {
     "eit_large": (25_305_592, [432, 400, 352, 320, 272, 240, 208, 160, 128, 80, 48, 0]),
 }
 # GMACs at 224 px: the official README's "#FLOPs" (ptflops, attention matrix products excluded) and
-# papers.md's analytic count with them (§2.3)
+# our analytic count with them (docs/papers/eit.md#numbers-we-check-against)
 OFFICIAL_GMACS = {
     "eit_mini": (1.73, 1.926),
     "eit_tiny": (3.84, 4.213),
@@ -133,7 +134,7 @@ def test_cli_eit_cifar_on_digits_and_eit_mini_on_224px_fake_data(tmp_path) -> No
     )
     assert digits.returncode == 0, digits.stderr[-3000:]
     (result,) = digits.results()
-    assert result["status"] == "ok" and result["params/total"] == 3_079_010
+    assert result["status"] == "ok" and result["params/total"] == 3_079_010  # docs/papers/eit.md#presets
     fake = run_cli(
         "train",
         ["model=eit_mini", "data=fake", "data.img_size=224", "debug=fdr", "data.batch_size=4"],

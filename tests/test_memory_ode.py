@@ -1,4 +1,4 @@
-"""The memory-ODE head (papers.md §1.4.2): attractor, discretisation error, solvers, variants, constraints."""
+"""The memory-ODE head (docs/papers/ode.md): attractor, discretisation error, solvers, variants, constraints."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_the_head_follows_the_unrolled_formula() -> None:
     tokens = torch.randn(3, 5, 16, dtype=torch.float64)
     g = m.gamma(tokens[:, 0])
     y, a = torch.zeros_like(g), torch.ones(16, dtype=torch.float64)
-    for _ in range(10):  # papers.md §1.4.4
+    for _ in range(10):  # docs/papers/ode.md#memory-ode-head
         y = y + 0.1 * nmode_rhs(y, g, a)
     assert torch.allclose(m(tokens), m.fc(y), atol=1e-12)
     avg = head(pool="avg", out_init="trunc_normal")
@@ -137,10 +137,10 @@ def test_the_inhibition_learns_from_a_gradient_at_its_bound() -> None:
     assert (a >= 1).all() and (a > 1).any()
 
 
-def test_vit_b_head_parameter_count_matches_papers_md() -> None:
+def test_vit_b_head_parameter_count_matches_the_documented_formula() -> None:
     backbone = functools.partial(create_backbone, name="vit_base_patch16_224", img_size=224)
     model = build_classifier(backbone, num_classes=100, head=functools.partial(MemoryODEHead), freeze="backbone")
-    head_params = 768 * 768 + 768 + 768 + 769 * 100  # W_γ, b_γ, a, W_o, b_o (papers.md §1.4.2)
+    head_params = 768 * 768 + 768 + 768 + 769 * 100  # W_γ, b_γ, a, W_o, b_o (docs/papers/ode.md#memory-ode-head)
     assert param_counts(model)["params/trainable"] == head_params == 668_260
     assert param_counts(model)["params/trainable_no_head"] == 0
     shared = MemoryODEHead(TokenGeometry(768, 12, 12, (14, 14), 1), 100, project=False, inhibition="shared")

@@ -36,7 +36,7 @@ METHODS = {
 }
 PERFORMER = functools.partial(install_mixer, kernel=functools.partial(PerformerKernel, nb_features=8))
 IDENTITY_AT_INIT = [m for m in METHODS if m != "vpt_deep"]
-# ViT-B/16 (D = 768, L = 12, MLP 3072): the formulas behind the counts in papers.md §1.8 / the V-PETL table
+# ViT-B/16 (D = 768, L = 12, MLP 3072): the formulas behind the counts in docs/papers/ode.md#peft-baselines
 D, L, MLP = 768, 12, 3072
 VIT_B_COUNTS = {
     "linear_probe": 0,

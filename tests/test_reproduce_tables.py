@@ -1,5 +1,5 @@
 """Paper tables (vitlab.reproduce): every definition loads and its jobs compose; job expansion, resuming,
-aggregation (mean ± std, paper differences, VTAB-1k means against papers.md §1.8), rendering, and errors.
+aggregation (mean ± std, paper differences, VTAB-1k means against docs/papers/ode.md), rendering, and errors.
 
 Nothing here trains. Composition is Hydra's real `compose` of the train config; smoke-scale jobs are also
 instantiated (data module constructor, model + one forward pass), since `scale=smoke` must actually run.
@@ -190,7 +190,7 @@ DEMO = """
 paper: demo
 table: t1
 title: "Demo: 100% of the_rows"
-source: "papers.md §9.9 (made up for the test)"
+source: "§9.9 of a made-up paper (made up for the test)"
 summary: mean
 datasets:
   - {name: a, label: Set A, overrides: [data=digits]}
@@ -272,10 +272,10 @@ def test_renderers_show_paper_failed_missing_and_not_implemented(demo, tmp_path:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
-def test_vtab_means_match_papers_md(tmp_path: Path) -> None:
+def test_vtab_means_match_the_reference_numbers(tmp_path: Path) -> None:
     spec = spec_of("ode/vtab1k")
     rows = {r.name: r for r in collect(spec, "full", tmp_path)}
-    ssf = rows["ssf"].cells  # papers.md §1.8: SSF 75.69 group mean, 73.10 flat mean, 0.21M parameters
+    ssf = rows["ssf"].cells  # docs/papers/ode.md: SSF 75.69 group mean, 73.10 flat mean, 0.21M parameters
     assert ssf["group_mean"].paper == pytest.approx(75.69, abs=0.005)
     assert ssf["flat_mean"].paper == pytest.approx(73.10, abs=0.005)
     assert ssf["natural"].paper == pytest.approx(81.57, abs=0.005) and rows["ssf"].row.params_paper == pytest.approx(

@@ -1,4 +1,4 @@
-"""Learnable Euler step sizes (papers.md §1.4.1): counts, the h = 1 identity, gradients, options, freezing."""
+"""Learnable Euler step sizes (docs/papers/ode.md): counts, the h = 1 identity, gradients, options, freezing."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_dynamic_step_size_follows_its_formula_per_image() -> None:
     step.bias.data.fill_(0.2)
     x = torch.randn(3, 17, 32)
     with torch.no_grad():
-        h = 0.5 * (1 + torch.tanh(x.mean(1) @ step.weight + 0.2))  # papers.md §1.4.1, Dyn
+        h = 0.5 * (1 + torch.tanh(x.mean(1) @ step.weight + 0.2))  # docs/papers/ode.md, dynamic
         half = x + h.view(3, 1, 1) * block.attn(block.norm1(x))
         expected = half + 0.5 * block.mlp(block.norm2(half))  # ls2 still at w = 0, b = 0: h = h0
         assert torch.allclose(block(x), expected, atol=1e-6)

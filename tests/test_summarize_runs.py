@@ -51,4 +51,4 @@ def test_vtab_rows_give_group_and_flat_means(tmp_path, summarize_runs) -> None:
         write_run(tmp_path, task, [f"data.task={task}", "model/peft=ssf"], **{"test/acc": acc / 100})
     table = summarize_runs.summarize_vtab(tmp_path, "test/acc")
     row = next(line for line in table.splitlines() if "model/peft=ssf" in line)
-    assert "| 19/19 | 81.57 | 86.55 | 58.96 | 75.69 | 73.10 |" in row  # papers.md §1.8, SSF
+    assert "| 19/19 | 81.57 | 86.55 | 58.96 | 75.69 | 73.10 |" in row  # docs/papers/ode.md, SSF

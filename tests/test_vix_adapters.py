@@ -101,7 +101,7 @@ def test_conv_stem_is_the_papers_three_convolutions_without_activations() -> Non
         (32, 64, (3, 3), (1, 1)),
         (64, 128, (3, 3), (1, 1)),
     ]
-    assert sum(p.numel() for p in stem.parameters()) == 93_248  # papers.md §3.5: +92,736 over Linear(3, 128)
+    assert sum(p.numel() for p in stem.parameters()) == 93_248  # docs/papers/vix.md: +92,736 over Linear(3, 128)
 
 
 def test_conv_stem_rejects_strides_that_do_not_make_the_patch_size() -> None:

@@ -1,4 +1,4 @@
-"""The ViX paper presets build the paper code's models: parameter counts equal papers.md §3.5 exactly."""
+"""The ViX paper presets build the paper code's models: parameter counts equal docs/papers/vix.md exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from hydra.utils import instantiate
 
 from conftest import CONFIGS, compose_cfg
 
-# papers.md §3.5, "true total" columns (torchsummary misses bare nn.Parameters; these count everything).
+# docs/papers/vix.md#parameter-counts, "true total" columns (torchsummary misses bare nn.Parameters; these count
+# everything).
 # FNet / Hybrid FNet / MLP-Mixer are not in the table: attention-free ViT (661,770 − 4 × 65,664), plus the
 # conv stem's 92,736; the Mixer is the ViX script's model counted by hand (see the preset's header).
 PAPER_PARAMS = {
@@ -57,7 +58,7 @@ def test_vix_preset_parameter_count_matches_the_paper_code(preset: str) -> None:
 
 
 def test_vix_recipe_settings_follow_the_code() -> None:
-    """papers.md §3.3–3.4: per-model batch sizes, dropouts and Linformer's one_kv_head confound."""
+    """docs/papers/vix.md#cifar-10-presets: per-model batch sizes, dropouts and Linformer's one_kv_head confound."""
     batch = {p: compose_cfg([f"experiment=vix/{p}"]).data.batch_size for p in PAPER_PARAMS}
     assert batch["cifar10/vit"] == 64 and batch["cifar10/vin"] == 128 and batch["cifar10/vil_rope"] == 320
     assert batch["cifar10/fnet"] == 512 and batch["tiny_imagenet/mlp_mixer"] == 640

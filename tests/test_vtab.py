@@ -188,7 +188,7 @@ def test_check_script_prints_a_table_and_sets_the_exit_code(vtab) -> None:
     ],
 )
 def test_vtab_means_reproduce_the_published_averages(method, natural, specialized, structured, group_mean) -> None:
-    """papers.md §1.8: group means derived from the V-PETL Bench rows; flat means as that README prints."""
+    """docs/papers/ode.md: group means derived from the V-PETL Bench rows; flat means as that README prints."""
     row = REFERENCE_ROWS[method]
     means = vtab_means(row.by_task())
     expected = {"natural": natural, "specialized": specialized, "structured": structured, "group_mean": group_mean}

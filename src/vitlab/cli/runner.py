@@ -74,7 +74,7 @@ def pin_run_dir_for_ddp() -> None:
 
     Lightning starts ranks > 0 by re-running `sys.argv` with `hydra.run.dir=<HydraConfig.run.dir>`. In a
     multirun that would re-run the whole sweep in a fresh folder; so argv becomes this job's overrides and
-    `run.dir` this job's output directory (see anchors.md, LHT #393).
+    `run.dir` this job's output directory (see ashleve/lightning-hydra-template#393).
     """
     if not HydraConfig.initialized():
         return

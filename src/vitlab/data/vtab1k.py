@@ -3,7 +3,7 @@
     <root>/<task>/train800.txt, val200.txt, train800val200.txt, test.txt    lines: `<image path> <label>`
     <root>/<task>/images/...                                                paths relative to <root>/<task>/
 
-Protocols (papers.md §1.3(d)):
+Protocols (docs/papers/ode.md#vtab-1k-protocol):
     tune   train800 -> validate on val200; the test split is val200 too, so tuning never touches test.txt.
     final  train800val200 -> test on test.txt. val200 is inside the training set, so, as in FacT (which
            evaluates on test during training), validation is test.txt: `val/acc` is then a test metric and
@@ -11,7 +11,7 @@ Protocols (papers.md §1.3(d)):
            `final_val=val200` validates on the (seen) val200 instead: a cheap training curve, not a score.
 
 Preprocessing as FacT/NOAH: square bicubic resize to `img_size`, no augmentation, RGB. `normalize`: imagenet
-(FacT, NOAH), inception (mean = std = 0.5) or none (VPT, SSF feed [0, 1] pixels; papers.md §1.8 note).
+(FacT, NOAH), inception (mean = std = 0.5) or none (VPT, SSF feed [0, 1] pixels; see docs/papers/ode.md).
 Never downloaded; check a prepared folder with `python scripts/check_vtab.py <root>`.
 """
 

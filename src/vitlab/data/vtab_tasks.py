@@ -2,8 +2,8 @@
 processed layout, published reference rows, and the two averaging conventions.
 
 Kept free of torch so the folder checker (`scripts/check_vtab.py`) and result tables start instantly.
-Sources: `../shared/reference/papers.md` §1.3(d) (task list and class counts, from FacT's `vtab.py`) and
-§1.8 (reference numbers, from the V-PETL Bench README).
+Sources: docs/papers/ode.md, sections "VTAB-1k protocol" (task list and class counts, from FacT's `vtab.py`)
+and "VTAB-1k reference numbers" (reference numbers, from the V-PETL Bench README).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class ReferenceRow:
 def _row(
     natural: tuple[float, ...], specialized: tuple[float, ...], structured: tuple[float, ...], **kwargs: float
 ) -> ReferenceRow:
-    """A row from its three group tuples, as papers.md prints it; a group of the wrong length is a typo."""
+    """A row from its three group tuples, as docs/papers/ode.md prints it; a group of the wrong length is a typo."""
     for (group, tasks), values in zip(GROUPS.items(), (natural, specialized, structured), strict=True):
         if len(values) != len(tasks):
             raise ValueError(f"a VTAB-1k row needs {len(tasks)} {group} accuracies, got {len(values)}")
@@ -142,8 +142,9 @@ def _row(
 
 
 # ViT-B/16 pre-trained on ImageNet-21k. Source: V-PETL Bench, synbol/Parameter-Efficient-Transfer-Learning-
-# Benchmark @ c188fad293, README.md "Benchmark results of image classification on VTAB" (papers.md §1.8).
-# Numbers only (facts), typed from papers.md; the group means of papers.md are derived from these rows.
+# Benchmark @ c188fad293, README.md "Benchmark results of image classification on VTAB"
+# (docs/papers/ode.md#vtab-1k-reference-numbers).
+# Numbers only (facts); the group means printed there are derived from these rows.
 REFERENCE_ROWS: dict[str, ReferenceRow] = {
     "full_ft": _row(
         (68.9, 87.7, 64.3, 97.2, 86.9, 87.4, 38.8),

@@ -4,7 +4,7 @@ some seeds missing or failed is `partial` (the mean is over the seeds that finis
 
 Accuracies in results.json are fractions; cells are in the table's units (`TableSpec.unit_factor`), the
 units the paper prints, so `diff` = ours − paper is in the paper's units. VTAB-1k tables get both averaging
-conventions (papers.md §1.8): the mean of the three group means and the flat mean over tasks.
+conventions (docs/papers/ode.md#averaging-conventions): the mean of the three group means and the flat mean over tasks.
 """
 
 from __future__ import annotations

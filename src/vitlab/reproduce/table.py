@@ -134,7 +134,7 @@ def _row(where: _Where, raw: Any, spec: dict[str, Any], datasets: Sequence[str])
         raise where.at("paper").fail(f"must be a mapping {{column: number}} (columns: {', '.join(columns)}) or null.")
     reference = where.at("reference").text(raw.get("reference"), choices=[f"vtab1k/{k}" for k in REFERENCE_ROWS])
     params = where.at("params_paper").number(raw.get("params_paper"))
-    if reference is not None:  # the per-task numbers of papers.md §1.8, typed once in vitlab.data.vtab_tasks
+    if reference is not None:  # per-task numbers of docs/papers/ode.md, typed once in vitlab.data.vtab_tasks
         if spec["summary"] != "vtab":
             raise where.at("reference").fail("needs summary: vtab (a VTAB-1k table).")
         ref = REFERENCE_ROWS[reference.split("/", 1)[1]]

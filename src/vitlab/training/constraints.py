@@ -1,9 +1,9 @@
 """Two hooks modules may offer to the training loop, found by duck typing (no registry):
 
 - `regularization() -> Tensor | None`: a penalty added to the training loss (e.g. the step sizes' L2 pull
-  towards 1, papers.md §1.4.1);
+  towards 1, docs/papers/ode.md#learnable-euler-step-sizes);
 - `project_parameters_() -> None`: a projection run after every optimiser step to keep a constrained
-  parameter feasible (e.g. the memory-ODE head's self-inhibition a ≥ 1, papers.md §1.4.2).
+  parameter feasible (e.g. the memory-ODE head's self-inhibition a ≥ 1, docs/papers/ode.md#memory-ode-head).
 """
 
 from __future__ import annotations

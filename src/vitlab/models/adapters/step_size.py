@@ -1,4 +1,4 @@
-"""Learnable Euler step sizes on the two residual branches of every block (ODE transfer, papers.md §1.4.1).
+"""Learnable Euler step sizes on the two residual branches of every block (docs/papers/ode.md).
 
 A pre-LN ViT block is two explicit Euler steps of size 1 (Lie–Trotter split of one layer):
 
@@ -37,7 +37,7 @@ class EulerStep(nn.Module):
         dim: channels D of the residual stream.
         kind: `scalar` (h has shape ()) or `channel` (shape (D,)).
         init: h at initialisation (1 = the pre-trained network).
-        init_std: optional noise, h = init + δ with δ ~ N(0, init_std) (papers.md's alternative init).
+        init_std: optional noise, h = init + δ with δ ~ N(0, init_std) (the alternative start of docs/papers/ode.md).
         positive: reparameterise h = init·softplus(ρ)/softplus(ρ₀) so h stays > 0 and is exactly `init` at ρ = ρ₀.
         l2_to_init: weight λ of the penalty λ·Σ(h − init)², returned by `regularization()` and added to the loss.
         layer_scale: an existing LayerScale γ to compose with (h·(γ ⊙ F)); its tensor keeps the key `gamma`.

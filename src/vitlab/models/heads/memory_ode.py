@@ -1,4 +1,4 @@
-"""The memory-ODE (nmODE) head with learnable self-inhibition (ODE transfer, papers.md §1.4.2 [R]).
+"""The memory-ODE (nmODE) head with learnable self-inhibition (docs/papers/ode.md#memory-ode-head).
 
     γ = W_γ z + b_γ                          learning neurons (z: class token or mean patch token)
     y(0) = 0,  dy/dt = −a ⊙ y + sin²(y + γ)  memory neurons, t ∈ [0, T]; −a⊙y is the self-inhibition

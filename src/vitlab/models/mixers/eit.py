@@ -1,4 +1,4 @@
-"""EIT's "decreasing convolution" (official `EIT_T`; papers.md §2.3): in block l of L, the normed tokens'
+"""EIT's "decreasing convolution" (official `EIT_T`; docs/papers/eit.md): in block l of L, the normed tokens'
 first c_l channels go through a depthwise 3×3 convolution over the patch grid, the other a_l through
 multi-head attention of width a_l (own q/k/v and output projection); the outputs are concatenated.
 

@@ -1,4 +1,4 @@
-"""The `model/peft` slot: parameter-efficient fine-tuning baselines (ODE-transfer comparisons, papers.md §1.8).
+"""The `model/peft` slot: parameter-efficient fine-tuning baselines (docs/papers/ode.md#peft-baselines).
 
 Each method is a function `(Classifier, **options) -> Classifier` bound by Hydra (`_partial_: true`) and
 applied by `build_classifier` *after* `model.freeze`, so it only unfreezes or adds what it trains; the head

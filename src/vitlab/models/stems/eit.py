@@ -1,4 +1,4 @@
-"""EIT's patch projection "EIT_P" (official code, `MrHaiPi/EIT/eit_model.py`; papers.md §2.3):
+"""EIT's patch projection "EIT_P" (official `MrHaiPi/EIT/eit_model.py`; docs/papers/eit.md#stem):
 
     Conv2d(3, D, k, stride s, padding k//2) -> MaxPool2d(p, p) -> tokens, no norm
 
