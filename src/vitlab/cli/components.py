@@ -19,6 +19,7 @@ from torch import nn
 from vitlab.cli.runner import task_overrides
 from vitlab.data.base import ImageDataModule
 from vitlab.errors import ConfigError
+from vitlab.extras import MissingExtra, is_installed, missing_extra_message
 from vitlab.models.summary import param_counts, trainable_rows
 from vitlab.training.module import ClassificationModule
 from vitlab.training.optim import scale_lr
@@ -65,6 +66,9 @@ def _instantiate_named(group: DictConfig | None) -> list[Any]:
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
     check_accelerator(cfg)
+    tensorboard = [k for k, v in (cfg.get("logger") or {}).items() if v and "TensorBoard" in str(v.get("_target_"))]
+    if tensorboard and not is_installed("tensorboard"):
+        raise MissingExtra(missing_extra_message("tensorboard", f"logger.{tensorboard[0]} (TensorBoard)"))
     callbacks = _instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
     loggers: list[Logger] = _instantiate_named(cfg.get("logger"))
     try:

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from pathlib import Path
 
+from vitlab.extras import is_installed, missing_extra_message
 from vitlab.reproduce.aggregate import Cell, RowResult
 from vitlab.reproduce.spec import PARAMS_KEYS, TableSpec
+
+log = logging.getLogger(__name__)
 
 COLUMN_NAMES = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured",
                 "group_mean": "Group mean", "flat_mean": "Flat mean", "mean": "Mean"}  # fmt: skip
@@ -267,5 +271,8 @@ def write_all(
     paths["md"].write_text(render_markdown(results, spec))
     paths["csv"].write_text(render_csv(results, spec))
     paths["tex"].write_text(render_latex(results, spec))
-    render_plot(results, spec, paths["png"])
+    if is_installed("plots"):
+        render_plot(results, spec, paths["png"])
+    else:  # the table itself needs nothing optional; only its figure does
+        log.warning("no %s: %s", paths.pop("png").name, missing_extra_message("plots"))
     return paths

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.errors import ConfigError
+from vitlab.extras import require
 
 FIXED_GRID = ("euler", "rk4")
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
@@ -26,6 +27,8 @@ def check_solver(solver: str, steps: int, horizon: float) -> None:
         raise ConfigError(f"model.head.steps={steps} must be >= 1 for the fixed-grid solver {solver}.")
     if horizon <= 0:
         raise ConfigError(f"model.head.T={horizon} must be positive (the integration horizon).")
+    if solver not in FIXED_GRID:
+        require("ode", f"model.head.solver={solver}")
 
 
 def euler(f: Callable[[Tensor], Tensor], y0: Tensor, horizon: float, steps: int) -> Tensor:

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from vitlab.extras import require
 from vitlab.models.classifier import Classifier
 from vitlab.models.peft.common import require_called
 
@@ -22,6 +23,7 @@ QKV_PATTERN = r"blocks\.\d+\.attn\.qkv"
 
 def lora(model: Classifier, r: int = 8, alpha: float = 8.0, dropout: float = 0.0) -> Classifier:
     """Inject `peft` LoRA layers into every block's fused `qkv`; only the LoRA matrices (and the head) train."""
+    require("peft", "model/peft=lora")
     from peft import LoraConfig, inject_adapter_in_model
 
     require_called(model, "lora", ("qkv",))
