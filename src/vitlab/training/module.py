@@ -48,7 +48,7 @@ class ClassificationModule(pl.LightningModule):
         scheduler: `create_scheduler_v2` arguments, or None for a constant learning rate.
         label_smoothing: for the hard-label loss and inside Mixup's soft targets.
         mixup: timm `Mixup` arguments; active when `mixup_alpha` or `cutmix_alpha` is positive.
-        compile: `torch.compile` the backbone in place (state-dict keys unchanged).
+        compile: `torch.compile` the model in place (state-dict keys unchanged).
         config: the resolved run config, stored in checkpoints so `vitlab-eval` can rebuild the model.
     """
 
@@ -85,8 +85,11 @@ class ClassificationModule(pl.LightningModule):
         return self.model(x)
 
     def configure_model(self) -> None:
-        if self.hparams.compile and hasattr(self.model, "backbone"):
-            self.model.backbone.compile()  # in place: no `_orig_mod.` prefix in checkpoints
+        # the whole model, in place (no `_orig_mod.` prefix in checkpoints). Compiling only the backbone did
+        # nothing: `Classifier` calls `backbone.forward_features`, and `nn.Module.compile` wraps `__call__` only.
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.model.compile()
+            self._compiled = True  # configure_model runs again for trainer.test: one wrapper is enough
 
     def on_fit_start(self) -> None:
         ckpt = self.trainer.ckpt_path
