@@ -262,7 +262,7 @@ def test_a_module_option_that_does_not_exist_names_the_options(tmp_path: Path) -
 
 def test_a_finished_directory_of_another_experiment_is_not_mistaken_for_this_one(tmp_path: Path) -> None:
     from vitlab.cli.in_place import RunFinished, open_attempt
-    from vitlab.cli.run_state import RunState
+    from vitlab.runs.state import RunState
 
     RunState(overrides=["optim.lr=0.001"]).write(tmp_path)
     (tmp_path / "results.json").write_text(json.dumps({"status": "ok"}))

@@ -17,10 +17,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from vitlab.cli.resume import expand_resume_argv, newest_unfinished
-from vitlab.cli.run_state import RunState, experiment_overrides, same_experiment
 from vitlab.data.sampling import EpochSampler, ResumableLoader, SeededSamples, mix_seed, seeded_rng
 from vitlab.errors import ConfigError
 from vitlab.provenance import git_state, package_versions
+from vitlab.runs.state import RunState, experiment_overrides, same_experiment
 from vitlab.training.checkpointing import LastCheckpoint
 from vitlab.training.csv_logger import ResumableCSVLogger
 from vitlab.training.interrupts import StopNow, catch_interrupts, pending_signal

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
-from vitlab.cli.runner import configure_wandb, write_json
+from vitlab.cli.runner import configure_wandb
 from vitlab.errors import ConfigError, find_config_error
+from vitlab.runs.files import write_json
 
 
 def _cfg():
@@ -48,3 +52,18 @@ def test_config_errors_are_found_behind_hydra_wrappers() -> None:
     except InstantiationException as wrapped:
         assert find_config_error(wrapped) is inner
     assert find_config_error(RuntimeError("bug")) is None
+
+
+def test_a_self_hosted_wandb_server_with_a_netrc_entry_stays_online(tmp_path) -> None:
+    """Credentials are asked of wandb itself (its host, its files), not guessed from api.wandb.ai in ~/.netrc.
+    In a subprocess: wandb.login() keeps what it finds for the rest of the process."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine wandb.lab.example\n  login user\n  password {'k' * 40}\n")
+    netrc.chmod(0o600)
+    check = "from vitlab.runs.wandb_login import should_force_offline as f; print(f())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"NETRC": str(netrc), "HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "wandb")}
+    online = subprocess.run([sys.executable, "-c", check], env={**env, "WANDB_BASE_URL": "https://wandb.lab.example"},
+                            capture_output=True, text=True)  # fmt: skip
+    elsewhere = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
+    assert (online.stdout.strip(), elsewhere.stdout.strip()) == ("False", "True"), online.stderr + elsewhere.stderr

@@ -1,4 +1,4 @@
-"""Where Hydra finds vitlab's configs: the package `vitlab.configs` (the repository's `configs/`, shipped in the wheel)."""
+"""Where Hydra finds vitlab's configs: the package `vitlab.configs` (the repository's `configs/`, in the wheel)."""
 
 from __future__ import annotations
 

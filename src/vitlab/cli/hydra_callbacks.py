@@ -36,8 +36,8 @@ class CheckRunDirectory(Callback):
 
 
 def _check(run_dir: Path, key: str, finished_refused: bool) -> None:
-    from vitlab.cli.run_state import results_status
     from vitlab.cli.validate import writable_dir
+    from vitlab.runs.state import results_status
 
     if not writable_dir(run_dir):
         _refuse(
@@ -54,7 +54,7 @@ def _check(run_dir: Path, key: str, finished_refused: bool) -> None:
 def _same_experiment(run_dir: Path, overrides: list[str]) -> None:
     """A directory that already holds a run of another experiment is refused before Hydra writes into it."""
     from vitlab.cli.in_place import another_experiment
-    from vitlab.cli.run_state import MAY_CHANGE_ON_RESUME, RunState, same_experiment
+    from vitlab.runs.state import MAY_CHANGE_ON_RESUME, RunState, same_experiment
 
     state = RunState.read(run_dir)
     if state is not None and not same_experiment(state.overrides, overrides, MAY_CHANGE_ON_RESUME):

@@ -18,7 +18,9 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from vitlab.cli.run_state import (
+from vitlab.errors import ConfigError
+from vitlab.runs.slurm_env import slurm_job_id
+from vitlab.runs.state import (
     MAY_CHANGE_ON_RESUME,
     RunLock,
     RunState,
@@ -28,8 +30,6 @@ from vitlab.cli.run_state import (
     results_status,
     same_experiment,
 )
-from vitlab.cli.slurm import slurm_job_id
-from vitlab.errors import ConfigError
 
 ENV_RESUME = "VITLAB_RESUME_FROM"  # rank 0's decision ("" = from scratch), read by ranks > 0
 

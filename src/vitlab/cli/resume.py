@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from vitlab.cli.run_state import (
+from vitlab.errors import ConfigError
+from vitlab.runs.state import (
     MAY_CHANGE_ON_RESUME,
     RUN_FILE,
     RunState,
@@ -24,7 +25,6 @@ from vitlab.cli.run_state import (
     results_status,
     same_experiment,
 )
-from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab")
 UNFINISHED = (None, "interrupted")  # results.json status of a run that can be continued by resume=auto

@@ -10,9 +10,7 @@ runs are always finished.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import sys
 import time
@@ -27,10 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.utilities import rank_zero_only
 
 from vitlab.cli.in_place import ENV_RESUME, Attempt
-from vitlab.cli.run_state import results_status
 from vitlab.cli.slurm import requeue, should_requeue
 from vitlab.errors import find_config_error, unknown_key_error, user_message
 from vitlab.provenance import git_state
+from vitlab.runs.files import write_json
+from vitlab.runs.state import results_status
+from vitlab.runs.wandb_login import should_force_offline
 from vitlab.training.interrupts import StopNow, TrainingInterrupted, catch_interrupts, signal_name
 
 log = logging.getLogger("vitlab")
@@ -100,20 +100,6 @@ def reset_distributed(env_before: dict[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({k: _jsonable(v) for k, v in payload.items()}, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 def finish_wandb(exit_code: int) -> None:
@@ -222,16 +208,7 @@ def configure_wandb(cfg: DictConfig) -> None:
     loggers = cfg.get("logger") or {}
     if "wandb" not in loggers:
         return
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
-    if not has_key and os.environ.get("WANDB_MODE") not in ("online", "offline", "disabled", "dryrun"):
+    if should_force_offline():
         log.info("W&B: no API key configured, logging offline (sync later with `wandb sync <run dir>/wandb`).")
         with open_dict(cfg):
             cfg.logger.wandb.offline = True
-
-
-def _netrc_has_wandb() -> bool:
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False

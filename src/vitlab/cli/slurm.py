@@ -14,17 +14,10 @@ import logging
 import os
 import subprocess
 
+from vitlab.runs.slurm_env import slurm_job_id
 from vitlab.training.interrupts import WARNING_SIGNALS, signal_name
 
 log = logging.getLogger("vitlab")
-
-
-def slurm_job_id() -> str | None:
-    """The id `scontrol requeue` takes: `<array job>_<task>` inside an array (submitit's), else the job id."""
-    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_job and array_task:
-        return f"{array_job}_{array_task}"
-    return os.environ.get("SLURM_JOB_ID")
 
 
 def match_threads_to_allocation() -> None:

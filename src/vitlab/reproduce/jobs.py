@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from vitlab.cli.run_state import (
+from vitlab.runs.state import (
     MAY_CHANGE_ON_RESUME,
     RunState,
     effective,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from vitlab.cli.runner import write_json
 from vitlab.reproduce.jobs import Job, job_status
+from vitlab.runs.files import write_json
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 

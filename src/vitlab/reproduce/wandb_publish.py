@@ -47,9 +47,9 @@ def publish_table(
     the table's group; returns the run's local directory."""
     import wandb
 
-    from vitlab.cli.runner import _netrc_has_wandb
+    from vitlab.runs.wandb_login import should_force_offline
 
-    if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") or _netrc_has_wandb()):
+    if should_force_offline():
         os.environ["WANDB_MODE"] = "offline"  # as vitlab-train does: never block on a login prompt
     with open(files["csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vitlab.cli.slurm import slurm_job_id
+from vitlab.runs.slurm_env import slurm_job_id
 
 # what Hydra's override grammar accepts in an unquoted value (anything else is quoted)
 _HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+\-%*@?|]+")
