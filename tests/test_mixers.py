@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -77,6 +78,59 @@ def test_nystrom_equals_nystrom_attention_package(n: int) -> None:
     assert_same_function(ours, ref, x, atol=2e-6, mask=mask)
     if n % 16:  # without a mask the package lets its zero padding into the segment means and softmaxes
         assert not torch.allclose(ref(x), ref(x, mask=mask), atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [64, 65, 100, 17])
+def test_nystrom_official_padding_equals_nystrom_attention_package_without_a_mask(n: int) -> None:
+    """padding=official + pinv_init=batch is the ViX code's layer, which is the package called without a mask:
+    zero pads in the landmark means (sum / l) and in all three softmaxes."""
+    torch.manual_seed(n)
+    kernel = NystromKernel(GEO, HEADS, HEAD_DIM, num_landmarks=16, pinv_init="batch", padding="official")
+    ours = QKVAttention(DIM, HEADS, kernel)
+    ref = NystromAttention(DIM, dim_head=HEAD_DIM, heads=HEADS, num_landmarks=16, pinv_iterations=6)
+    wq, wk, wv, *_ = qkv_slices(ours)
+    ref.to_qkv.weight.data.copy_(torch.cat([wq, wk, wv]))
+    ref.to_out[0].load_state_dict(ours.proj.state_dict())
+    ref.res_conv.load_state_dict(kernel.res_conv.state_dict())
+    assert_same_function(ours, ref, torch.randn(3, n, DIM), atol=2e-6)
+
+
+def test_nystrom_paddings_are_one_function_when_the_landmarks_divide_the_length() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, HEADS, 64, HEAD_DIM, dtype=torch.float64) for _ in range(3))
+    masked, official = (
+        NystromKernel(GEO, HEADS, HEAD_DIM, num_landmarks=16, padding=p) for p in ("masked", "official")
+    )
+    official.load_state_dict(masked.state_dict())
+    torch.testing.assert_close(official(q, k, v), masked(q, k, v), rtol=0, atol=0)
+    assert official.rope_offset(64) == masked.rope_offset(64) == 0 and official.rope_offset(65) == 15
+    short = (t[:, :, :60] for t in (q, k, v))  # 4 pads: the two differ
+    q, k, v = short
+    assert not torch.allclose(official(q, k, v), masked(q, k, v), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: NystromKernel(GEO, HEADS, HEAD_DIM, padding="front"), "model.mixer.kernel.padding='front'"),
+        (lambda: PerformerKernel(GEO, HEADS, HEAD_DIM, stabiliser="max"), "model.mixer.kernel.stabiliser='max'"),
+    ],
+)
+def test_bad_kernel_options_name_the_key_and_the_choices(build, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message) + ".*(masked|per_head)"):
+        build()
+
+
+def test_performer_batch_stabiliser_couples_the_samples_and_per_head_does_not() -> None:
+    """The ViX code's key maximum is taken over the whole batch; ε is added after it, so the other images
+    change a sample's output. Per sample and head (ours), a sample alone gives the same output."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, HEADS, 40, HEAD_DIM, dtype=torch.float64) for _ in range(3))
+    k[1:] *= 3  # larger keys elsewhere in the batch raise the batch-wide maximum
+    for stabiliser, coupled in (("per_head", False), ("batch", True)):
+        kernel = PerformerKernel(GEO, HEADS, HEAD_DIM, stabiliser=stabiliser).double()
+        alone = kernel(q[:1], k[:1], v[:1])
+        assert torch.allclose(kernel(q, k, v)[:1], alone, rtol=0, atol=1e-12) is not coupled
 
 
 def test_nystrom_with_one_landmark_per_token_is_exact_softmax_attention() -> None:
