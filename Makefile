@@ -38,13 +38,14 @@ reproduce: install ## paper tables: the three CPU mini tables (~40 min) -> outpu
 	  for t in "vix mini_digits" "eit mini_digits" "ode mini_digits_transfer"; do set -- $$t; \
 	    $(BIN)/vitlab-reproduce paper=$$1 table=$$2 scale=mini || exit 1; done; fi
 
-lint: install ## ruff check + format check
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+lint: install ## ruff check + format check + the import contracts of pyproject.toml (layers)
+	$(BIN)/ruff check src tests scripts configs
+	$(BIN)/ruff format --check src tests scripts configs
+	$(BIN)/lint-imports
 
 format: install ## ruff format and autofix
-	$(BIN)/ruff format src tests scripts
-	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts configs
+	$(BIN)/ruff check --fix src tests scripts configs
 
 clean: ## remove caches and build files (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

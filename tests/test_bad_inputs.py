@@ -177,7 +177,7 @@ def test_an_unwritable_export_path_is_refused_before_training(tmp_path: Path) ->
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_trainer_without_a_gpu_says_so() -> None:
-    from vitlab.cli.components import check_accelerator
+    from vitlab.training.components import check_accelerator
 
     with pytest.raises(
         ConfigError, match=r"trainer.accelerator=gpu but this machine has no usable CUDA GPU.*trainer=cpu"
@@ -248,7 +248,7 @@ def test_vitlab_eval_without_ckpt_path_is_one_paragraph(tmp_path: Path) -> None:
 
 
 def test_a_module_option_that_does_not_exist_names_the_options(tmp_path: Path) -> None:
-    from vitlab.cli.components import build_module
+    from vitlab.training.components import build_module
 
     cfg = compose_cfg([*TINY, "+module.label_smothing=0.1"])
     with open_dict(cfg):

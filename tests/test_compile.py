@@ -57,7 +57,7 @@ def test_model_compiles_with_aot_eager_and_matches_eager() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_C_COMPILER, reason="CPU inductor needs a C compiler (cc/gcc/clang); none on PATH")
 def test_module_compile_true_trains_with_cpu_inductor(tmp_path) -> None:
-    from vitlab.cli.components import build_datamodule, build_module, build_trainer
+    from vitlab.training.components import build_datamodule, build_module, build_trainer
 
     torch._dynamo.reset()
     cfg = compose_cfg([*ONE_BLOCK, "module.compile=true", f"paths.output_dir={tmp_path}", "~logger"])

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from vitlab.cli.config_dir import config_dir
+from vitlab.configs import config_dir
 from vitlab.extras import EXTRAS, MissingExtra, check_argv, require
 from vitlab.models.geometry import TokenGeometry
 from vitlab.models.heads.memory_ode import MemoryODEHead
@@ -104,7 +104,7 @@ def test_tables_render_without_matplotlib_but_say_the_figure_is_missing(
 
 
 def test_logger_tensorboard_without_tensorboard_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vitlab.cli.components import build_trainer
+    from vitlab.training.components import build_trainer
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir(), version_base="1.3"):

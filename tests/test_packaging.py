@@ -69,7 +69,7 @@ def _run(venv: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess[
 def test_the_wheel_ships_the_configs_and_runs_outside_the_checkout(wheel_venv: Path, tmp_path: Path) -> None:
     where = _run(
         wheel_venv,
-        ["python", "-c", "import vitlab, vitlab.cli.config_dir as c; print(vitlab.__file__); print(c.config_dir())"],
+        ["python", "-c", "import vitlab, vitlab.configs as c; print(vitlab.__file__); print(c.config_dir())"],
         tmp_path,
     )
     assert where.returncode == 0, where.stderr

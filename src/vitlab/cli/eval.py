@@ -15,19 +15,19 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab.cli.checkpoint import read_checkpoint
-from vitlab.cli.components import (
+from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
+from vitlab.cli.slurm import match_threads_to_allocation
+from vitlab.cli.validate import check_config
+from vitlab.configs import CONFIG_PATH
+from vitlab.errors import ConfigError
+from vitlab.models.summary import param_counts
+from vitlab.training.components import (
     build_datamodule,
     build_module,
     build_trainer,
     log_config,
     update_wandb_summary,
 )
-from vitlab.cli.config_dir import CONFIG_PATH
-from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
-from vitlab.cli.slurm import match_threads_to_allocation
-from vitlab.cli.validate import check_config
-from vitlab.errors import ConfigError
-from vitlab.models.summary import param_counts
 from vitlab.training.interrupts import InterruptGuard
 
 log = logging.getLogger("vitlab")

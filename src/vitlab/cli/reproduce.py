@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vitlab.cli.config_dir import config_dir
+from vitlab.configs import config_dir
 from vitlab.errors import ConfigError
 from vitlab.reproduce import collect, list_tables, load_table, resolve_table, table_dir, write_all
 from vitlab.reproduce.jobs import (

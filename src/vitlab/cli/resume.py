@@ -101,7 +101,7 @@ def log_dir_of(overrides: list[str]) -> Path:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from vitlab.cli.config_dir import config_dir
+    from vitlab.configs import config_dir
 
     plain = [o for o in overrides if not is_under(override_key(o), ("hydra",))]
     GlobalHydra.instance().clear()

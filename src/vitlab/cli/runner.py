@@ -29,7 +29,7 @@ from vitlab.cli.slurm import requeue, should_requeue
 from vitlab.errors import find_config_error, unknown_key_error, user_message
 from vitlab.provenance import git_state
 from vitlab.runs.files import write_json
-from vitlab.runs.state import results_status
+from vitlab.runs.state import results_status, task_overrides
 from vitlab.runs.wandb_login import should_force_offline
 from vitlab.training.interrupts import StopNow, TrainingInterrupted, catch_interrupts, signal_name
 
@@ -63,10 +63,6 @@ class Failures:
 
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def task_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def pin_run_dir_for_ddp() -> None:

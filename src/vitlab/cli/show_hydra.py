@@ -14,7 +14,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from vitlab.cli.config_dir import CONFIG_MODULE
+from vitlab.configs import CONFIG_MODULE
 
 CFG_FLAGS = ("--cfg", "-c")
 VALUE_FLAGS = (*CFG_FLAGS, "--package", "-p")  # flags followed by a value

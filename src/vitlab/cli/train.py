@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.cli.config_dir import CONFIG_PATH
 from vitlab.cli.show_hydra import show_resolved_hydra
 from vitlab.cli.validate import check_config, writable_dir
+from vitlab.configs import CONFIG_PATH
 from vitlab.errors import ConfigError
 
 # torch, Lightning and everything that imports them load inside the functions that use them: `--help`,
@@ -53,7 +53,10 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
     from pytorch_lightning import seed_everything
 
-    from vitlab.cli.components import (
+    from vitlab.data.corrupt import CheckedImageFolder
+    from vitlab.models.summary import param_counts
+    from vitlab.provenance import provenance
+    from vitlab.training.components import (
         build_datamodule,
         build_module,
         build_trainer,
@@ -61,9 +64,6 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
         print_param_table,
         update_wandb_summary,
     )
-    from vitlab.data.corrupt import CheckedImageFolder
-    from vitlab.models.summary import param_counts
-    from vitlab.provenance import provenance
     from vitlab.training.cost import CostMeter
     from vitlab.training.determinism import StepSeeding
     from vitlab.training.dynamics_monitor import learned_dynamics, summarize
@@ -202,9 +202,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         pin_run_dir_for_ddp,
         report,
         run_task,
-        task_overrides,
     )
     from vitlab.cli.slurm import match_threads_to_allocation
+    from vitlab.runs.state import task_overrides
 
     configure_wandb(cfg)
     pin_run_dir_for_ddp()

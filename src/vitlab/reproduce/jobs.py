@@ -10,14 +10,13 @@ the row was edited since), which then runs again.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from vitlab.runs.state import (
     MAY_CHANGE_ON_RESUME,
@@ -28,9 +27,6 @@ from vitlab.runs.state import (
     is_under,
     override_key,
 )
-
-if TYPE_CHECKING:
-    from vitlab.reproduce.spec import ScaleSpec, TableSpec
 
 Status = Literal["ok", "failed", "missing", "unfinished", "stale", "running"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -88,35 +84,6 @@ class Job:
 def grid_dir(point: Sequence[tuple[str, str]]) -> str:
     """A path-safe directory name for a grid point: optim.lr=3e-3 -> optim.lr_3e-3."""
     return "+".join(_UNSAFE.sub("-", f"{k}_{v}") for k, v in point)
-
-
-def expand_jobs(spec: TableSpec, scale: ScaleSpec, extra: Sequence[str] = ()) -> list[Job]:
-    """See `TableSpec.jobs`. Rows with `needs` get no jobs."""
-    jobs = []
-    for row in spec.rows:
-        if row.needs:
-            continue
-        keys = [k for k, _ in row.grid] if scale.grid else []
-        points = list(itertools.product(*(vs for _, vs in row.grid))) if scale.grid and row.grid else [()]
-        for dataset in spec.datasets_at(scale.name):
-            for values in points:
-                point = tuple(zip(keys, values, strict=True))
-                for seed in scale.seeds:
-                    parts = [row.name, dataset.name, *([grid_dir(point)] if point else []), f"seed{seed}"]
-                    overrides = (
-                        *spec.overrides,
-                        *spec.dataset_overrides(dataset, scale.name),
-                        *row.overrides,
-                        *row.at_dataset.get(dataset.name, ()),
-                        *(f"{k}={v}" for k, v in point),
-                        *scale.overrides,
-                        f"seed={seed}",
-                        *extra,
-                    )
-                    jobs.append(
-                        Job("/".join(parts), row.name, dataset.name, seed, overrides, point, extra=tuple(extra))
-                    )
-    return jobs
 
 
 def read_results(path: Path | str) -> dict[str, Any] | None:

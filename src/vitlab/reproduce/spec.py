@@ -7,12 +7,13 @@ to the paper is in the paper's units. Reading and validating the YAML is `vitlab
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitlab.errors import ConfigError
-from vitlab.reproduce.jobs import Job, expand_jobs
+from vitlab.reproduce.jobs import Job, grid_dir
 
 SCALES = ("smoke", "mini", "full")
 VTAB_COLUMNS = ("natural", "specialized", "structured", "group_mean", "flat_mean")
@@ -161,3 +162,32 @@ class TableSpec:
             )
             for p in self.prepare
         ]
+
+
+def expand_jobs(spec: TableSpec, scale: ScaleSpec, extra: Sequence[str] = ()) -> list[Job]:
+    """See `TableSpec.jobs`. Rows with `needs` get no jobs."""
+    jobs = []
+    for row in spec.rows:
+        if row.needs:
+            continue
+        keys = [k for k, _ in row.grid] if scale.grid else []
+        points = list(itertools.product(*(vs for _, vs in row.grid))) if scale.grid and row.grid else [()]
+        for dataset in spec.datasets_at(scale.name):
+            for values in points:
+                point = tuple(zip(keys, values, strict=True))
+                for seed in scale.seeds:
+                    parts = [row.name, dataset.name, *([grid_dir(point)] if point else []), f"seed{seed}"]
+                    overrides = (
+                        *spec.overrides,
+                        *spec.dataset_overrides(dataset, scale.name),
+                        *row.overrides,
+                        *row.at_dataset.get(dataset.name, ()),
+                        *(f"{k}={v}" for k, v in point),
+                        *scale.overrides,
+                        f"seed={seed}",
+                        *extra,
+                    )
+                    jobs.append(
+                        Job("/".join(parts), row.name, dataset.name, seed, overrides, point, extra=tuple(extra))
+                    )
+    return jobs

@@ -240,3 +240,10 @@ def is_running(run_dir: Path) -> bool:
         lock.release()
         return False
     return True
+
+
+def task_overrides() -> list[str]:
+    """The overrides of the running Hydra job as Hydra recorded them ([] outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

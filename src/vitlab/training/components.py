@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from vitlab.cli.runner import task_overrides
 from vitlab.data.base import ImageDataModule
 from vitlab.errors import ConfigError
 from vitlab.extras import MissingExtra, is_installed, missing_extra_message
 from vitlab.models.summary import param_counts, trainable_rows
+from vitlab.runs.state import task_overrides
 from vitlab.training.module import ClassificationModule
 from vitlab.training.optim import scale_lr
 
