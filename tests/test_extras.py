@@ -6,6 +6,7 @@ what an environment without the extra looks like to the code under test.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -112,3 +113,17 @@ def test_logger_tensorboard_without_tensorboard_names_the_extra(monkeypatch: pyt
     hide(monkeypatch, "tensorboard")
     with pytest.raises(MissingExtra, match=r"logger\.tensorboard .*vitlab\[tensorboard\]"):
         build_trainer(cfg)
+
+
+def test_vitlab_train_names_the_extra_and_exits_2(tmp_path: Path) -> None:
+    """The command line, without the submitit plugin: one paragraph, exit 2, nothing written."""
+    script = (
+        "import sys; sys.modules['hydra_plugins.hydra_submitit_launcher'] = None\n"
+        "from vitlab.cli.train import main\n"
+        f"sys.argv = ['vitlab-train', '-m', 'hydra/launcher=submitit_slurm', 'paths.log_dir={tmp_path / 'out'}']\n"
+        "main()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "pip install 'vitlab[slurm]'" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from vitlab.configs import config_dir
 from vitlab.errors import ConfigError
+from vitlab.extras import check_argv
 from vitlab.reproduce import collect, list_tables, load_table, resolve_table, table_dir, write_all
 from vitlab.reproduce.jobs import (
     archive,
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         if not argv or argv[0] in ("-h", "--help", "help", "list"):
             print_tables()
             return
+        check_argv(argv)  # hydra/launcher=submitit_slurm without the [slurm] extra
         code = reproduce(parse_args(argv))
     except ConfigError as exc:
         print(f"\nvitlab-reproduce: error: {exc}\n", file=sys.stderr)

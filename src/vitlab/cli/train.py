@@ -24,6 +24,7 @@ from vitlab.cli.show_hydra import show_resolved_hydra
 from vitlab.cli.validate import check_config, writable_dir
 from vitlab.configs import CONFIG_PATH
 from vitlab.errors import ConfigError
+from vitlab.extras import MissingExtra, check_argv
 
 # torch, Lightning and everything that imports them load inside the functions that use them: `--help`,
 # `--cfg` and Hydra's composition answer in about a second instead of paying the ~10 s of those imports.
@@ -231,6 +232,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    try:
+        check_argv(sys.argv[1:])  # a Hydra plugin of a missing extra: name the extra, not a missing config file
+    except MissingExtra as exc:
+        print(f"\nvitlab: error: {exc}\n", file=sys.stderr)
+        raise SystemExit(2) from None
     if any(arg.startswith("resume=") for arg in sys.argv[1:]):  # the run-state modules import torch: only then
         from vitlab.cli.resume import expand_resume_argv
         from vitlab.cli.runner import report
