@@ -14,17 +14,17 @@ from hydra.utils import instantiate
 from torch import nn
 
 from conftest import CONFIGS, compose_cfg
-from vix_code_oracle import CODE_MODELS, Tensors, code_logits
+from vix_code_oracle import CODE_MODELS, Tensors, code_logits, mixer_logits
 
 TOLERANCE = 1e-10
 PRESETS = sorted(p.stem for p in (CONFIGS / "experiment/vix/cifar10").glob("*.yaml") if not p.name.startswith("_"))
 
 
-def build(preset: str, *overrides: str, seed: int = 0) -> nn.Module:
+def build(preset: str, *overrides: str, seed: int = 0, folder: str = "cifar10", classes: int = 10) -> nn.Module:
     """The preset's model in float64, eval mode, with tensors drawn so that attention is far from uniform."""
-    cfg = compose_cfg([f"experiment=vix/cifar10/{preset}", *overrides])
+    cfg = compose_cfg([f"experiment=vix/{folder}/{preset}", *overrides])
     torch.manual_seed(seed)
-    model = instantiate(cfg.model, num_classes=10).double().eval()
+    model = instantiate(cfg.model, num_classes=classes).double().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("pos_embed", "cls_token")):
@@ -40,8 +40,8 @@ def build(preset: str, *overrides: str, seed: int = 0) -> nn.Module:
     return model
 
 
-def images(batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+def images(batch: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
 
 
 def max_gap(model: nn.Module, preset: str, img: torch.Tensor) -> float:
@@ -65,6 +65,16 @@ def test_preset_computes_what_the_code_computes(preset: str) -> None:
     gap = max_gap(model, preset, images(batch))
     assert gap <= TOLERANCE, f"{preset}: max |Δlogit| = {gap:.3g}"
     assert dropouts(model.backbone) == code_dropouts(preset, model.backbone)
+
+
+@pytest.mark.parametrize("preset", ["mlp_mixer", "hybrid_mlp_mixer"])
+def test_tiny_imagenet_mixer_computes_what_the_code_computes(preset: str) -> None:
+    model = build(preset, folder="tiny_imagenet", classes=200)
+    img, tensors = images(2, 64), Tensors(model.state_dict())
+    with torch.no_grad():
+        gap = (model(img) - mixer_logits(tensors, img, conv=preset.startswith("hybrid"))).abs().max().item()
+    assert not tensors.unused() and gap <= TOLERANCE, f"{preset}: max |Δlogit| = {gap:.3g}"
+    assert dropouts(model.backbone) == {}
 
 
 @pytest.mark.parametrize(

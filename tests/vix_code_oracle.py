@@ -240,3 +240,44 @@ def code_logits(w: Tensors, img: Tensor, spec: CodeModel, depth: int = 4) -> Ten
         )
     cls = layer_norm(x[:, 0], w("backbone.norm.weight"), w("backbone.norm.bias"))
     return linear(cls, w("backbone.head.weight"), w("backbone.head.bias"))
+
+
+def mixer_logits(w: Tensors, img: Tensor, conv: bool, depth: int = 4) -> Tensor:
+    """MLPMixer.py / HybridMLPMixer.py (Tiny ImageNet): patches 2×2 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'
+    + Linear(12, D), or convolutions 3→32 (stride 2) →64→D; per block PreNormResidual token mixing
+    (Conv1d k=1 over the 1024 tokens: W₂ GELU(W₁ X + b₁) + b₂) and channel mixing; LayerNorm, token mean, Linear."""
+    img = img.to(torch.float64)
+    if conv:
+        x = img
+        for i, stride in ((0, 2), (2, 1), (4, 1)):
+            x = F.conv2d(
+                x,
+                w(f"backbone.patch_embed.body.{i}.weight"),
+                w(f"backbone.patch_embed.body.{i}.bias"),
+                stride=stride,
+                padding=1,
+            )
+        x = x.flatten(2).transpose(1, 2)
+    else:
+        b, c, hh, ww = img.shape
+        patches = img.reshape(b, c, hh // 2, 2, ww // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, 4 * c)
+        conv_w = w("backbone.patch_embed.proj.weight")  # (D, c, p1, p2): the code's Linear on (p1 p2 c)
+        x = linear(
+            patches, conv_w.permute(0, 2, 3, 1).reshape(conv_w.shape[0], -1), w("backbone.patch_embed.proj.bias")
+        )
+    for i in range(depth):
+        p = f"backbone.blocks.{i}."
+        h = layer_norm(x, w(p + "norm1.weight"), w(p + "norm1.bias"))
+        hidden = gelu(torch.einsum("jn,bnc->bjc", w(p + "attn.fc1.weight"), h) + w(p + "attn.fc1.bias")[:, None])
+        x = torch.einsum("nj,bjc->bnc", w(p + "attn.fc2.weight"), hidden) + w(p + "attn.fc2.bias")[:, None] + x
+        h = layer_norm(x, w(p + "norm2.weight"), w(p + "norm2.bias"))
+        x = (
+            linear(
+                gelu(linear(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"))),
+                w(p + "mlp.fc2.weight"),
+                w(p + "mlp.fc2.bias"),
+            )
+            + x
+        )
+    pooled = layer_norm(x, w("backbone.norm.weight"), w("backbone.norm.bias")).mean(dim=1)
+    return linear(pooled, w("backbone.head.weight"), w("backbone.head.bias"))
