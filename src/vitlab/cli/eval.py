@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import vitlab.cli.resolvers  # noqa: F401  (registers ${vitlab.*} resolvers before Hydra composes)
 from vitlab.cli.checkpoint import read_checkpoint
 from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
 from vitlab.cli.slurm import match_threads_to_allocation

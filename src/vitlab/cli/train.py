@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import vitlab.cli.resolvers  # noqa: F401  (registers ${vitlab.*} resolvers before Hydra composes)
+from vitlab.cli.launcher_check import check_launcher
 from vitlab.cli.show_hydra import show_resolved_hydra
 from vitlab.cli.validate import check_config, writable_dir
 from vitlab.configs import CONFIG_PATH
 from vitlab.errors import ConfigError
-from vitlab.extras import MissingExtra, check_argv
+from vitlab.extras import check_argv
 
 # torch, Lightning and everything that imports them load inside the functions that use them: `--help`,
 # `--cfg` and Hydra's composition answer in about a second instead of paying the ~10 s of those imports.
@@ -234,7 +236,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     try:
         check_argv(sys.argv[1:])  # a Hydra plugin of a missing extra: name the extra, not a missing config file
-    except MissingExtra as exc:
+        check_launcher("train", sys.argv[1:])  # e.g. trainer.devices=-1 cannot size a SLURM job
+    except ConfigError as exc:
         print(f"\nvitlab: error: {exc}\n", file=sys.stderr)
         raise SystemExit(2) from None
     if any(arg.startswith("resume=") for arg in sys.argv[1:]):  # the run-state modules import torch: only then
