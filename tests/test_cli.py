@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +34,24 @@ def assert_clean_error(run, *fragments: str) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short digits run shared by the tests that need a finished run."""
-    run = run_cli("train", LEARN, tmp_path_factory.mktemp("trained"))
+    # the bar is asked for, as by default: a pipe is not a terminal, so it must not be drawn
+    run = run_cli("train", [*LEARN, "trainer.enable_progress_bar=true"], tmp_path_factory.mktemp("trained"))
     assert run.returncode == 0, run.stderr[-3000:]
     return run
+
+
+def test_a_non_interactive_run_logs_one_line_per_epoch_and_no_third_party_chatter(trained) -> None:
+    output = trained.stdout + trained.stderr
+    lines = re.findall(
+        r"epoch (\d+)/8  train/loss \S+  val/acc \S+  val/loss \S+  lr \S+  \d+ img/s  elapsed \S+", output
+    )
+    assert lines == [str(e) for e in range(1, 9)], output[-3000:]
+    assert output.count("ETA ") == 7  # every epoch but the last
+    (run_dir,) = trained.run_dirs()
+    assert len(re.findall(r"\]\[vitlab\]\[INFO\] - epoch \d+/8 ", (run_dir / "train.log").read_text())) == 8
+    chatter_lines = ("Tip:", "GPU available", "TPU available", "Seed set to", "weights_only", "srun")
+    for chatter in (*chatter_lines, "it/s", "Epoch 1/"):  # the last two: a progress bar
+        assert chatter not in output, chatter
 
 
 def test_short_training_beats_chance_by_a_wide_margin(trained) -> None:

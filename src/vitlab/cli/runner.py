@@ -32,6 +32,7 @@ from vitlab.runs.files import write_json
 from vitlab.runs.state import results_status, task_overrides
 from vitlab.runs.wandb_login import should_force_offline
 from vitlab.training.interrupts import StopNow, TrainingInterrupted, catch_interrupts, signal_name
+from vitlab.training.quiet import quiet_third_party
 
 log = logging.getLogger("vitlab")
 
@@ -114,6 +115,7 @@ def run_task(
     result is not `ok` may be written again (it is the same run, continued in place).
     """
     start = time.time()
+    quiet_third_party()
     out_dir = Path(cfg.paths.output_dir)
     is_rank_zero = rank_zero_only.rank == 0
     record: dict[str, Any] = {k: None for k in RESULT_KEYS}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,6 +22,7 @@ from vitlab.errors import ConfigError
 from vitlab.extras import MissingExtra, is_installed, missing_extra_message
 from vitlab.models.summary import param_counts, trainable_rows
 from vitlab.runs.state import task_overrides
+from vitlab.training.epoch_log import EpochLog
 from vitlab.training.module import ClassificationModule
 from vitlab.training.optim import scale_lr
 
@@ -69,10 +71,14 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = N
     tensorboard = [k for k, v in (cfg.get("logger") or {}).items() if v and "TensorBoard" in str(v.get("_target_"))]
     if tensorboard and not is_installed("tensorboard"):
         raise MissingExtra(missing_extra_message("tensorboard", f"logger.{tensorboard[0]} (TensorBoard)"))
-    callbacks = _instantiate_named(cfg.get("callbacks")) + list(extra_callbacks or [])
+    callbacks = [*_instantiate_named(cfg.get("callbacks")), *(extra_callbacks or []), EpochLog()]
     loggers: list[Logger] = _instantiate_named(cfg.get("logger"))
+    # the bar redraws one line on a terminal; in a SLURM log or a pipe it is noise (EpochLog writes lines there)
+    bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+        return instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_progress_bar=bar, _convert_="all"
+        )
     except Exception as exc:  # Lightning's own checks (strategy, devices): its message, as one paragraph
         cause = exc.__cause__ or exc
         if isinstance(cause, MisconfigurationException):
