@@ -28,10 +28,15 @@ train: install ## train the default model (a small ViT) on digits and print test
 test: install lint ## run ruff and the test suite (PYTEST_ARGS="-k resume" to select; TEST_WORKERS=0: one process)
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-bench: install ## benchmarks (~15 min): mixers vs sequence length, EIT presets' cost, transfer methods' step cost -> outputs/bench/
+bench: install ## benchmarks (~30 min on 2 cores): mixers vs length, EIT presets, transfer steps, start-up/per-step overhead, torch.compile -> outputs/bench/
 	$(BIN)/vitlab-bench attention $(ARGS)
 	$(BIN)/vitlab-bench transfer
 	for m in eit_mini eit_tiny eit_base eit_large; do $(BIN)/vitlab-bench model model=$$m data.img_size=224 || exit 1; done
+	$(BIN)/vitlab-bench overhead
+	$(BIN)/vitlab-bench compile
+
+gpu-check: install ## every GPU path on one GPU (~8 min) -> outputs/gpu_check/report.md; without CUDA: says so, exits 0
+	$(BIN)/python scripts/gpu_check.py $(ARGS)
 
 reproduce: install ## paper tables: the three CPU mini tables (~40 min) -> outputs/tables/; one table: ARGS="paper=eit table=imagenet scale=full"
 	@if [ -n "$(ARGS)" ]; then $(BIN)/vitlab-reproduce $(ARGS); else \
@@ -51,4 +56,4 @@ clean: ## remove caches and build files (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help install train test bench reproduce lint format clean
+.PHONY: help install train test bench gpu-check reproduce lint format clean

@@ -1,4 +1,4 @@
-"""`vitlab-bench attention`: report arithmetic on known numbers, and one tiny end-to-end run (no timing asserted)."""
+"""`vitlab-bench`: report arithmetic on known numbers, and tiny end-to-end runs (no timing is ever asserted)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, TINY
 from vitlab.bench.attention import render_markdown
 
 
@@ -14,18 +14,58 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vitlab.cli.bench", *args], cwd=ROOT, capture_output=True, text=True)
 
 
-def test_report_compares_with_the_reference_package_and_with_naive_softmax() -> None:
+def test_report_compares_with_the_reference_package_per_round_and_with_naive_softmax() -> None:
     results = [
         {"entry": "softmax_naive", "seq_len": 4097, "time_ms": 1000.0, "peak_mb": 7000.0},
-        {"entry": "nystrom", "seq_len": 4097, "time_ms": 100.0, "peak_mb": 500.0},
-        {"entry": "nystrom_ref", "seq_len": 4097, "time_ms": 150.0, "peak_mb": 600.0},
+        {"entry": "nystrom", "seq_len": 4097, "time_ms": 100.0, "rounds_ms": [100.0, 200.0, 100.0], "peak_mb": 500.0},
+        {"entry": "nystrom_ref", "seq_len": 4097, "time_ms": 150.0, "rounds_ms": [150.0, 200.0, 200.0], "peak_mb": 600},
         {"entry": "fnet", "seq_len": 4097, "error": "boom"},
     ]
-    table = render_markdown(results, {"batch": 8, "dim": 128, "heads": 4, "device": "cpu"})
+    env = {"cpu": "AMD EPYC", "cores": 2, "torch_threads": 2, "load_avg_1min": 3.5, "python": "3.11"}
+    env |= {"versions": {"torch": "2.x"}, "device": "cpu"}
+    table = render_markdown(results, {"batch": 8, "dim": 128, "heads": 4, "device": "cpu", "rounds": 3}, env)
+    assert table.startswith("Machine: AMD EPYC, 2 cores, 2 torch threads, load average 3.5")
+    assert "Fewer than 7 rounds" in table
     nystrom_row = next(line for line in table.splitlines() if line.startswith("| nystrom |"))
-    assert "| 1.50× |" in nystrom_row and "14.0× less" in nystrom_row
+    assert "14.0× less" in nystrom_row
+    # per-round ratios 1.5, 1.0, 2.0: median 1.5, min 1.0, max 2.0 (not 150/100 of two medians by chance)
+    assert "| nystrom vs nystrom-attention | 1.50× (1.00–2.00) |" in table
     assert "nystrom-attention (reference)" in table
     assert "| fnet | failed | failed |" in table
+
+
+def test_interleaved_rounds_call_every_competitor_once_per_round_in_order() -> None:
+    from vitlab.bench.rounds import Spread, interleave, ratios
+
+    calls = []
+    samples = interleave({"a": lambda: calls.append("a") or 2.0, "b": lambda: calls.append("b") or 1.0}, 3, warmup=1)
+    assert calls == ["a", "b"] * 4 and samples == {"a": [2.0] * 3, "b": [1.0] * 3}
+    assert ratios([3.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == Spread(3.0, 2.0, 3.0)
+    assert Spread.of([1.0, 5.0, 2.0]).fmt(".1f", " s") == "2.0 s (1.0–5.0)"
+
+
+def test_every_table_names_its_machine() -> None:
+    from vitlab.bench.env import cpu_model, environment, header
+
+    env = environment("cpu", extra=("nystrom-attention",))
+    assert cpu_model() and env["cores"] >= 1 and env["torch_threads"] >= 1
+    assert env["versions"]["torch"] != "not installed" and "nystrom-attention" in env["versions"]
+    assert header(env).startswith(f"Machine: {cpu_model()}, ")
+
+
+def test_bench_layers_are_the_training_configs_mixers() -> None:
+    """Our entries come from configs/model/mixer (+ kernel options), the references get the same settings."""
+    from vitlab.bench.layers import build_layer, reference_of
+    from vitlab.bench.worker import geometry
+    from vitlab.models.mixers.nystrom import NystromKernel
+
+    geo = geometry(65, 32, 2)
+    ours = build_layer("nystrom", geo, extra=["model.mixer.kernel.num_landmarks=8"])
+    assert isinstance(ours.kernel, NystromKernel) and ours.kernel.num_landmarks == 8
+    assert build_layer("softmax_naive", geo).kernel.impl == "naive"
+    ref = build_layer("nystrom_ref", geo, extra=["model.mixer.kernel.num_landmarks=8"])
+    assert ref.num_landmarks == 8
+    assert reference_of("nystrom") == "nystrom_ref" and reference_of("fnet") is None
 
 
 def test_bench_cli_writes_table_json_and_plot(tmp_path) -> None:
@@ -33,7 +73,7 @@ def test_bench_cli_writes_table_json_and_plot(tmp_path) -> None:
         "attention",
         "attention.seq_lens=[17,33]",
         "attention.entries=[softmax_naive,nystrom,nystrom_ref]",
-        "attention.repeats=1",
+        "attention.rounds=1",
         "attention.warmup=0",
         "attention.batch=2",
         f"out_dir={tmp_path}",
@@ -44,7 +84,8 @@ def test_bench_cli_writes_table_json_and_plot(tmp_path) -> None:
     assert {(r["entry"], r["seq_len"]) for r in data["results"]} == {
         (e, n) for e in ("softmax_naive", "nystrom", "nystrom_ref") for n in (17, 33)
     }
-    assert all(r["time_ms"] > 0 and "peak_mb" in r for r in data["results"])
+    assert all(r["time_ms"] > 0 and r["peak_mb"] is not None for r in data["results"])
+    assert data["env"]["cpu"] and "nystrom-attention" in data["env"]["versions"]
     assert (tmp_path / "attention.png").stat().st_size > 1000
     assert "| nystrom |" in (tmp_path / "attention.md").read_text()
 
@@ -126,3 +167,49 @@ def test_transfer_bench_rejects_an_unknown_variant(tmp_path) -> None:
     proc = run_bench("transfer", "transfer.variants=[lora_everything]", f"out_dir={tmp_path}")
     assert proc.returncode == 2
     assert "transfer.variants" in proc.stderr and "step_scalar" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_overhead_report_states_both_ratios_with_their_rounds() -> None:
+    from vitlab.bench.overhead import render_markdown
+    from vitlab.bench.rounds import Spread
+
+    startup = {"import_s": Spread(10.0, 9.0, 12.0), "first_step_s": Spread(13.0, 12.0, 15.0)}
+    startup["ratio"] = Spread(1.3, 1.2, 1.4)
+    per_step = {"vitlab_img_s": Spread(99.0, 95.0, 100.0), "bare_img_s": Spread(100.0, 96.0, 101.0), "batch": 64}
+    per_step["ratio"] = Spread(0.99, 0.97, 1.01)
+    text = render_markdown(startup, per_step, 7, "Machine: test")
+    assert text.startswith("Machine: test")
+    assert "**start-up ratio** (first step / import, per round): **1.30 (1.20–1.40)** (target ≤ 1.5)" in text
+    assert "**per-step ratio** (vitlab / bare, per round): **0.990 (0.970–1.010)** (target ≥ 0.98)" in text
+
+
+def test_overhead_per_step_runs_vitlab_and_the_bare_loop_on_the_same_model(tmp_path) -> None:
+    from vitlab.bench.overhead import compose_train, measure_per_step
+
+    cfg = compose_train([*TINY, f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
+    record = measure_per_step(cfg, rounds=1, steps=2, warmup_steps=1)
+    assert record["batch"] == 64 and len(record["samples"]["vitlab_s"]) == len(record["samples"]["bare_s"]) == 1
+    assert record["vitlab_img_s"].median > 0 and record["bare_img_s"].median > 0 and record["ratio"].median > 0
+
+
+def test_time_to_first_step_stops_a_real_vitlab_train_at_its_first_step(tmp_path) -> None:
+    """One real `vitlab-train` process: the callback added through Hydra stamps the first step and exits."""
+    from vitlab.bench.overhead import time_to_first_step
+
+    seconds = time_to_first_step(TINY, tmp_path, timeout=300)
+    assert 0 < seconds < 300
+    assert not list(tmp_path.rglob("results.json"))  # it stopped before finishing anything
+
+
+def test_compile_report_gives_speedup_and_break_even() -> None:
+    from vitlab.bench.compile import render_markdown
+    from vitlab.bench.rounds import Spread
+
+    record = {"eager_img_s": Spread(100.0, 90.0, 110.0), "compiled_img_s": Spread(150.0, 140.0, 160.0)}
+    record |= {"speedup": Spread(1.5, 1.4, 1.6), "compile_s": 60.0, "break_even_steps": 180}
+    record |= {"batch": 64, "backend": "inductor"}
+    text = render_markdown(record, "default", 32, 7, "cpu", "Machine: test")
+    assert (
+        "| default | 100.0 (90.0–110.0) | 150.0 (140.0–160.0) | 1.50× (1.40–1.60) | 60 s | pays off after ~180 steps |"
+        in text
+    )

@@ -1,7 +1,11 @@
 """`vitlab-bench attention`: time and peak memory of one mixer layer against sequence length.
 
-Every (entry, length) pair runs in a fresh subprocess (`vitlab.bench.worker`), so allocator caches and
-earlier peaks never leak between measurements. Writes `<out_dir>/attention.md`, `.json` and `.png`.
+Per sequence length, one fresh process (`vitlab.bench.worker time`) times every entry in interleaved rounds,
+so a speed-up is the ratio of the reference's time to ours *within* each round (median, min–max over rounds).
+Peak memory on the CPU comes from one fresh process per entry (`worker memory`: the resident-set peak never
+goes down); on CUDA from the timing process itself (`max_memory_allocated`, reset per entry). Writes
+`<out_dir>/attention.md`, `.json` and `.png`; every table starts
+with the machine it was measured on.
 """
 
 from __future__ import annotations
@@ -13,23 +17,51 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vitlab.bench.layers import ENTRIES
+from vitlab.bench.env import environment, header
+from vitlab.bench.layers import ENTRIES, REFERENCE_PACKAGES, reference_of
+from vitlab.bench.rounds import MIN_ROUNDS, Spread, ratios
 
 log = logging.getLogger("vitlab")
+SHAPE_KEYS = ("batch", "dim", "heads", "device")
 
 
-def run_entry(entry: str, seq_len: int, settings: dict, timeout: int) -> dict:
-    cmd = [sys.executable, "-m", "vitlab.bench.worker", "--entry", entry, "--seq-len", str(seq_len)]
-    for key, value in settings.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
+def _worker(mode: str, entries: Sequence[str], seq_len: int, settings: dict, timeout: int) -> dict:
+    cmd = [sys.executable, "-m", "vitlab.bench.worker", mode, "--entries", ",".join(entries), "--seq-len", str(seq_len)]
+    keys = (*SHAPE_KEYS, "rounds", "warmup") if mode == "time" else SHAPE_KEYS
+    for key in keys:
+        cmd += [f"--{key}", str(settings[key])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"entry": entry, "seq_len": seq_len, "error": f"timed out after {timeout} s"}
+        return {"error": f"timed out after {timeout} s"}
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"entry": entry, "seq_len": seq_len, "error": last[:200]}
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return {"error": last[:200]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_length(entries: Sequence[str], seq_len: int, settings: dict, timeout: int) -> list[dict]:
+    """Interleaved timing of all entries at one length, then each entry's peak memory in its own process."""
+    timed = _worker("time", entries, seq_len, settings, timeout)
+    results = []
+    for name in entries:
+        error = timed.get("error") or timed.get("errors", {}).get(name)
+        if error:
+            results.append({"entry": name, "seq_len": seq_len, "error": error})
+            continue
+        rounds_ms = timed["times_ms"][name]
+        spread = Spread.of(rounds_ms)
+        record = {"entry": name, "seq_len": seq_len, "time_ms": spread.median, "time_min_ms": spread.low}
+        record |= {"time_max_ms": spread.high, "rounds_ms": rounds_ms}
+        cuda_peak = timed.get("peak_mb", {}).get(name)
+        memory = (
+            {"peak_mb": cuda_peak} if cuda_peak is not None else _worker("memory", [name], seq_len, settings, timeout)
+        )
+        record["peak_mb"] = memory.get("peak_mb")  # None: the memory process failed (its error is kept)
+        if "error" in memory:
+            record["memory_error"] = memory["error"]
+        results.append(record)
+    return results
 
 
 def run(
@@ -40,15 +72,17 @@ def run(
         from vitlab.errors import ConfigError
 
         raise ConfigError(f"entries={unknown} are not benchmark entries; allowed: {', '.join(ENTRIES)}.")
+    env = environment(str(settings["device"]), extra=REFERENCE_PACKAGES)
     results = []
     for n in seq_lens:
-        for name in entries:
-            r = run_entry(name, n, settings, timeout)
-            log.info("%-18s n=%-5d %s", name, n, r.get("error") or f"{r['time_ms']:9.1f} ms {r['peak_mb']:8.1f} MB")
+        for r in measure_length(entries, n, settings, timeout):
+            text = r["error"] if "error" in r else f"{r['time_ms']:9.1f} ms {r['peak_mb'] or float('nan'):8.1f} MB"
+            log.info("%-18s n=%-5d %s", r["entry"], n, text)
             results.append(r)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "attention.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2))
-    (out_dir / "attention.md").write_text(render_markdown(results, settings))
+    record = {"settings": settings, "env": env, "results": results}
+    (out_dir / "attention.json").write_text(json.dumps(record, indent=2))
+    (out_dir / "attention.md").write_text(render_markdown(results, settings, env))
     plot(results, out_dir / "attention.png", settings)
     return results
 
@@ -56,43 +90,72 @@ def run(
 def _cell(r: dict | None, key: str, fmt: str) -> str:
     if r is None:
         return "–"
-    return "failed" if "error" in r else format(r[key], fmt)
+    if "error" in r:
+        return "failed"
+    if r.get(key) is None:
+        return "failed"
+    if key == "time_ms" and "time_min_ms" in r:
+        return f"{r['time_ms']:{fmt}} ({r['time_min_ms']:{fmt}}–{r['time_max_ms']:{fmt}})"
+    return format(r[key], fmt)
 
 
-def render_markdown(results: list[dict], settings: dict) -> str:
+def speedup(ours: dict | None, ref: dict | None) -> Spread | None:
+    """Reference time / our time per round of the same process; None when either side failed."""
+    if not ours or not ref or "error" in ours or "error" in ref:
+        return None
+    if "rounds_ms" in ours and "rounds_ms" in ref:
+        return ratios(ref["rounds_ms"], ours["rounds_ms"])
+    value = ref["time_ms"] / ours["time_ms"]
+    return Spread(value, value, value)
+
+
+def render_markdown(results: list[dict], settings: dict, env: dict | None = None) -> str:
     lens = sorted({r["seq_len"] for r in results})
     names = list(dict.fromkeys(r["entry"] for r in results))
     get = {(r["entry"], r["seq_len"]): r for r in results}
     top = lens[-1]
-    lines = [
+    rounds = settings.get("rounds")
+    few = f" Fewer than {MIN_ROUNDS} rounds: indicative only." if rounds and rounds < MIN_ROUNDS else ""
+    lines = [header(env), ""] if env else []
+    lines += [
         f"One mixer layer, forward + backward: batch {settings.get('batch')}, dim {settings.get('dim')}, "
-        f"{settings.get('heads')} heads, fp32, device `{settings.get('device')}`. Time: median ms; memory: peak MB "
-        "above the process baseline. Each cell is a fresh process.",
+        f"{settings.get('heads')} heads, fp32, device `{settings.get('device')}`. Time: median ms (min–max) of "
+        f"{rounds} interleaved rounds in one process per length; memory: peak MB above the process baseline, one "
+        f"fresh process per cell.{few}",
         "",
         "| layer | "
         + " | ".join(f"ms @ {n}" for n in lens)
         + " | "
         + " | ".join(f"MB @ {n}" for n in lens)
-        + f" | speed-up vs package @ {top} | memory vs naive softmax @ {top} |",
-        "|---|" + "---:|" * (2 * len(lens) + 2),
+        + f" | memory vs naive softmax @ {top} |",
+        "|---|" + "---:|" * (2 * len(lens) + 1),
     ]
     naive = get.get(("softmax_naive", top))
     for name in names:
-        entry = ENTRIES[name]
-        row = [entry.label]
+        row = [ENTRIES[name].label]
         row += [_cell(get.get((name, n)), "time_ms", ".1f") for n in lens]
         row += [_cell(get.get((name, n)), "peak_mb", ".0f") for n in lens]
         ours = get.get((name, top))
-        refs = [e.name for e in ENTRIES.values() if e.reference and e.family == entry.family and not entry.reference]
-        ref = get.get((refs[0], top)) if refs else None
-        ok = ours is not None and "error" not in ours
-        row.append(f"{ref['time_ms'] / ours['time_ms']:.2f}×" if ok and ref and "error" not in ref else "")
-        if ok and naive and "error" not in naive and name != "softmax_naive" and ours["peak_mb"] > 0:
+        ok = ours is not None and "error" not in ours and (ours.get("peak_mb") or 0) > 0
+        if ok and naive and (naive.get("peak_mb") or 0) > 0 and name != "softmax_naive":
             ratio = naive["peak_mb"] / ours["peak_mb"]
             row.append(f"{ratio:.1f}× less" if ratio >= 1 else f"{1 / ratio:.1f}× more")
         else:
             row.append("")
         lines.append("| " + " | ".join(row) + " |")
+    pairs = [(name, reference_of(name)) for name in names if reference_of(name) in names]
+    if pairs:
+        lines += [
+            "",
+            "Speed-up over the reference package: its time / ours within each round, median (min–max) over rounds.",
+            "",
+            "| ours vs reference | " + " | ".join(f"@ {n}" for n in lens) + " |",
+            "|---|" + "---:|" * len(lens),
+        ]
+        for name, ref in pairs:
+            cells = [speedup(get.get((name, n)), get.get((ref, n))) for n in lens]
+            row = [s.fmt(".2f", "×") if s else "failed" for s in cells]
+            lines.append(f"| {name} vs {ENTRIES[ref].package} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,14 +168,11 @@ def plot(results: list[dict], path: Path, settings: dict) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name in dict.fromkeys(r["entry"] for r in results):
-        ok = sorted((r["seq_len"], r) for r in results if r["entry"] == name and "error" not in r)
-        if not ok:
-            continue
         style = "--" if ENTRIES[name].reference else "-"
         for ax, key in zip(axes, ("time_ms", "peak_mb"), strict=True):
-            ax.plot(
-                [n for n, _ in ok], [max(r[key], 1e-3) for _, r in ok], style, marker="o", label=ENTRIES[name].label
-            )
+            ok = sorted((r["seq_len"], r[key]) for r in results if r["entry"] == name and r.get(key) is not None)
+            if ok:
+                ax.plot([n for n, _ in ok], [max(v, 1e-3) for _, v in ok], style, marker="o", label=ENTRIES[name].label)
     lens = sorted({r["seq_len"] for r in results})
     for ax, label in zip(axes, ("forward+backward time (ms)", "peak memory above baseline (MB)"), strict=True):
         ax.set_xscale("log")

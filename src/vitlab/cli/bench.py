@@ -4,8 +4,11 @@
     vitlab-bench attention attention.device=cuda
     vitlab-bench model model=eit_mini data.img_size=224     # params, MACs (with/without attention), img/s
     vitlab-bench transfer                       # frozen ViT-B/16 step: head only, step sizes, memory-ODE head, full
+    vitlab-bench overhead                       # vitlab-train's start-up and per-step cost vs torch alone
+    vitlab-bench compile                        # img/s of the default model with and without torch.compile
 
-Timings depend on the machine; they are reported, never asserted in tests.
+Timings depend on the machine; they are reported with it (CPU model, threads, versions), never asserted in
+tests. Competitors are measured in interleaved rounds and compared by per-round ratios (vitlab.bench.rounds).
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vitlab.cli.config_dir import CONFIG_PATH
+from vitlab.configs import CONFIG_PATH
 from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab")
-BENCHES = ("attention", "model", "transfer")
+BENCHES = ("attention", "model", "transfer", "overhead", "compile")
 
 
 def run_bench(cfg: DictConfig) -> None:
@@ -30,8 +33,9 @@ def run_bench(cfg: DictConfig) -> None:
         from vitlab.bench.attention import run
 
         opts = cfg.attention
-        settings = {k: opts[k] for k in ("batch", "dim", "heads", "device", "repeats", "warmup")}
+        settings = {k: opts[k] for k in ("batch", "dim", "heads", "device", "rounds", "warmup")}
         run(list(opts.seq_lens), list(opts.entries), settings, out_dir, timeout=int(opts.timeout_s))
+        print((out_dir / "attention.md").read_text())
         log.info("wrote %s/attention.md, .json and .png", out_dir)
     elif cfg.bench == "model":
         from hydra.core.hydra_config import HydraConfig
@@ -55,6 +59,14 @@ def run_bench(cfg: DictConfig) -> None:
 
         md = run_transfer(OmegaConf.to_container(cfg.transfer, resolve=True), out_dir)
         print(md.read_text())
+    elif cfg.bench == "overhead":
+        from vitlab.bench.overhead import run as run_overhead
+
+        print(run_overhead(cfg, out_dir).read_text())
+    elif cfg.bench == "compile":
+        from vitlab.bench.compile import run as run_compile
+
+        print(run_compile(cfg, out_dir).read_text())
     else:
         raise ConfigError(f"bench={cfg.bench!r} is not a benchmark; allowed: {', '.join(BENCHES)}.")
 
