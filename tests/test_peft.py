@@ -7,8 +7,11 @@ import functools
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
+from conftest import ROOT
 from vitlab.errors import ConfigError
 from vitlab.models.adapters.step_size import install_step_sizes
 from vitlab.models.backbone import create_backbone
@@ -16,7 +19,6 @@ from vitlab.models.build import build_classifier
 from vitlab.models.classifier import Classifier
 from vitlab.models.mixers.install import install_mixer
 from vitlab.models.mixers.performer import PerformerKernel
-from vitlab.models.peft import adaptformer, lora, selective, ssf, vpt
 from vitlab.models.summary import param_counts
 from vitlab.training.optim import build_optimizer
 
@@ -24,16 +26,10 @@ VIT_B = functools.partial(create_backbone, name="vit_base_patch16_224", img_size
 TINY = functools.partial(
     create_backbone, name="vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=2
 )
-METHODS = {
-    "linear_probe": selective.linear_probe,
-    "full": selective.full,
-    "bitfit": selective.bitfit,
-    "lora": functools.partial(lora.lora, r=8),
-    "lora_qv": functools.partial(lora.lora_qv, r=8),
-    "adaptformer": functools.partial(adaptformer.adaptformer, bottleneck=8, dropout=0.0),
-    "ssf": ssf.ssf,
-    "vpt_deep": functools.partial(vpt.vpt_deep, num_tokens=10),
-}
+# the shipped defaults: every test builds the methods from configs/model/peft/*.yaml, as `model/peft=<name>` does
+SHIPPED = {path.stem: OmegaConf.load(path) for path in sorted((ROOT / "configs" / "model" / "peft").glob("*.yaml"))}
+METHODS = {name: instantiate(cfg) for name, cfg in SHIPPED.items()}
+R, BOTTLENECK, PROMPTS = SHIPPED["lora"].r, SHIPPED["adaptformer"].bottleneck, SHIPPED["vpt_deep"].num_tokens
 PERFORMER = functools.partial(install_mixer, kernel=functools.partial(PerformerKernel, nb_features=8))
 IDENTITY_AT_INIT = [m for m in METHODS if m != "vpt_deep"]
 # ViT-B/16 (D = 768, L = 12, MLP 3072): the formulas behind the counts in docs/papers/ode.md#peft-baselines
@@ -41,11 +37,11 @@ D, L, MLP = 768, 12, 3072
 VIT_B_COUNTS = {
     "linear_probe": 0,
     "bitfit": L * (3 * D + D + MLP + D + 2 * D) + 2 * D,  # qkv, proj, fc1, fc2, norm1/2 biases; patch embed, norm
-    "lora": L * 8 * (D + 3 * D),  # A (r x D) and B (3D x r) on the fused qkv
-    "lora_qv": L * 2 * 8 * (D + D),
-    "adaptformer": L * (D * 8 + 8 + 8 * D + D),
+    "lora": L * R * (D + 3 * D),  # A (r x D) and B (3D x r) on the fused qkv
+    "lora_qv": L * 2 * SHIPPED["lora_qv"].r * (D + D),
+    "adaptformer": L * (D * BOTTLENECK + BOTTLENECK + BOTTLENECK * D + D),
     "ssf": L * 2 * (3 * D + D + MLP + D + 2 * D) + 2 * 2 * D,
-    "vpt_deep": L * 10 * D,
+    "vpt_deep": L * PROMPTS * D,
 }
 
 
