@@ -213,3 +213,13 @@ def test_compile_report_gives_speedup_and_break_even() -> None:
         "| default | 100.0 (90.0–110.0) | 150.0 (140.0–160.0) | 1.50× (1.40–1.60) | 60 s | pays off after ~180 steps |"
         in text
     )
+
+
+def test_transfer_overhead_is_the_ratio_within_each_round() -> None:
+    from vitlab.bench.transfer import render_markdown
+
+    record = {"backbone": "vit", "img_size": 224, "batch": 4, "rounds": 3, "device": "cpu", "head_batch": 8}
+    record |= {"step_ms": {"reference": 100.0, "step_scalar": 110.0}, "trainable_no_head": {"reference": 0}}
+    record["trainable_no_head"]["step_scalar"] = 24
+    record["step_rounds_ms"] = {"reference": [100.0, 200.0, 100.0], "step_scalar": [110.0, 200.0, 120.0]}
+    assert "| step_scalar | 24 | 110.0 | +10.0% (+0.0 to +20.0) vs reference |" in render_markdown(record)

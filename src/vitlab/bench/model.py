@@ -29,10 +29,14 @@ def measure_model(model: nn.Module, img_size: int, batch: int, steps: int, warmu
 
 
 def write_report(record: dict, name: str, out_dir: Path) -> Path:
+    from vitlab.bench.env import environment, header
+
+    env = environment(str(record["device"]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"model_{name}.json").write_text(json.dumps(record, indent=2))
+    (out_dir / f"model_{name}.json").write_text(json.dumps({**record, "env": env}, indent=2))
     md = out_dir / f"model_{name}.md"
     md.write_text(
+        f"{header(env)}\n\n"
         "| model | params | trainable | GMACs/img | GMACs/img without attention products | train img/s |\n"
         "|---|---:|---:|---:|---:|---:|\n"
         f"| {name} @ {record['img_size']} px | {record['params/total']:,} | {record['params/trainable']:,} | "

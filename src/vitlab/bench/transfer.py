@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from vitlab.bench.rounds import ratios
 from vitlab.errors import ConfigError
 from vitlab.models.adapters.step_size import install_step_sizes
 from vitlab.models.backbone import create_backbone
@@ -68,7 +69,7 @@ def timed_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tens
 def measure_variants(
     models: dict[str, nn.Module], img_size: int, batch: int, rounds: int, warmup: int, device: str
 ) -> dict:
-    """Median step time (ms) per variant, round-robin over `warmup + rounds` rounds."""
+    """Step times (ms) per variant and round, round-robin over `warmup + rounds` rounds (warmup dropped)."""
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
     inputs = {name: x.clone().requires_grad_(name == "reference") for name in models}
@@ -80,8 +81,8 @@ def measure_variants(
         for name, model in models.items():
             elapsed = timed_train_step(model, optimizers[name], inputs[name], y, device)
             if r >= warmup:
-                times[name].append(elapsed)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+                times[name].append(1e3 * elapsed)
+    return times
 
 
 def measure_heads(geo: TokenGeometry, num_classes: int, rows: int, repeats: int, device: str) -> dict[str, float]:
@@ -106,16 +107,24 @@ def measure_heads(geo: TokenGeometry, num_classes: int, rows: int, repeats: int,
 def render_markdown(record: dict) -> str:
     """The report: step time per variant, its overhead against its baseline, and the heads alone."""
     steps, counts = record["step_ms"], record["trainable_no_head"]
-    lines = [
+    from vitlab.bench.env import header
+
+    lines = [header(record["env"]), ""] if "env" in record else []
+    lines += [
         f"Training step (forward + backward + AdamW) of {record['backbone']} at {record['img_size']} px, batch "
-        f"{record['batch']}, {record['device']}; median of {record['rounds']} round-robin rounds.",
+        f"{record['batch']}, {record['device']}; median of {record['rounds']} round-robin rounds; overheads are "
+        "ratios within each round, median (min–max).",
         "",
         "| variant | trainable (no head) | step (ms) | vs baseline |",
         "|---|---:|---:|---|",
     ]
+    per_round = record.get("step_rounds_ms", {})
     for name, ms in steps.items():
         base = BASELINE.get(name)
         rel = f"{100 * (ms / steps[base] - 1):+.1f}% vs {base}" if base in steps else "–"
+        if base in per_round and name in per_round:  # the ratio within each round: median (min–max)
+            r = ratios(per_round[name], per_round[base])
+            rel = f"{100 * (r.median - 1):+.1f}% ({100 * (r.low - 1):+.1f} to {100 * (r.high - 1):+.1f}) vs {base}"
         lines.append(f"| {name} | {counts[name]:,} | {ms:.1f} | {rel} |")
     heads = record.get("head_ms")
     if heads:
@@ -139,13 +148,17 @@ def run(opts: dict, out_dir: Path) -> Path:
     }
     record = {k: opts[k] for k in ("backbone", "img_size", "batch", "rounds", "device", "head_batch")}
     record["trainable_no_head"] = {v: param_counts(m)["params/trainable_no_head"] for v, m in models.items()}
-    record["step_ms"] = measure_variants(
+    record["step_rounds_ms"] = measure_variants(
         models, int(opts["img_size"]), int(opts["batch"]), int(opts["rounds"]), int(opts["warmup"]), opts["device"]
     )
+    record["step_ms"] = {name: statistics.median(t) for name, t in record["step_rounds_ms"].items()}
     geo = geometry_of(next(iter(models.values())).backbone)
     record["head_ms"] = measure_heads(
         geo, int(opts["num_classes"]), int(opts["head_batch"]), int(opts["rounds"]), opts["device"]
     )
+    from vitlab.bench.env import environment
+
+    record["env"] = environment(opts["device"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "transfer.json").write_text(json.dumps(record, indent=2))
     md = out_dir / "transfer.md"
