@@ -136,7 +136,10 @@ def test_jobs_compose_and_smoke_jobs_build(key: str, one_thread) -> None:
             assert cfg.seed == job.seed, job.id
             if scale != "smoke" or job.produces:
                 continue
-            assert cfg.data.img_size == 16 and cfg.model.backbone.embed_dim == 32, f"{job.id}: smoke must win"
+            # tiny=smoke: 16 px and a 2-batch budget whatever the row (a row's own width/depth overrides stay)
+            budget = (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_test_batches)
+            assert cfg.data.img_size == 16 and budget == (1, 2, 1), f"{job.id}: smoke must stay small"
+            assert cfg.model.backbone.embed_dim <= 128 and cfg.model.backbone.depth <= 6, job.id
             instantiate(cfg.data)  # the constructor rejects keys the data module does not take
             model_cfg = cfg.model
             if str(model_cfg.backbone.weights).startswith("file:"):  # the prepare step's weights: not built here
