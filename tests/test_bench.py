@@ -137,8 +137,9 @@ def test_transfer_report_gives_each_variants_overhead_against_its_baseline() -> 
 
 
 def test_transfer_bench_cli_times_every_variant_on_a_tiny_vit(tmp_path) -> None:
-    tiny = "{patch_size:4,embed_dim:32,depth:2,num_heads:2}"
-    args = ["transfer", "transfer.img_size=16", f"transfer.backbone_kwargs={tiny}", "transfer.rounds=1"]
+    sizes = ("model.backbone.patch_size=4", "+model.backbone.embed_dim=32", "+model.backbone.depth=2")
+    tiny = "[" + ",".join(f"'{s}'" for s in (*sizes, "+model.backbone.num_heads=2")) + "]"  # vit_base has no such keys
+    args = ["transfer", "transfer.img_size=16", f"transfer.model_overrides={tiny}", "transfer.rounds=1"]
     proc = run_bench(*args, "transfer.warmup=0", "transfer.head_batch=8", f"out_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "transfer.json").read_text())

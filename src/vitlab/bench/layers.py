@@ -95,15 +95,9 @@ def reference_of(name: str) -> str | None:
 
 def mixer_config(entry: Entry, extra: Sequence[str] = ()) -> DictConfig:
     """`model.mixer` of the training config composed with `model/mixer=<entry.mixer>` and the overrides."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from vitlab.bench.compose import compose_train
 
-    from vitlab.configs import CONFIG_MODULE
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model/mixer={entry.mixer}", *entry.overrides, *extra])
-    return cfg.model.mixer
+    return compose_train([f"model/mixer={entry.mixer}", *entry.overrides, *extra]).model.mixer
 
 
 def build_layer(name: str, geo: TokenGeometry, extra: Sequence[str] = ()) -> nn.Module:

@@ -182,23 +182,11 @@ def render_markdown(startup: dict | None, per_step: dict | None, rounds: int, he
     return "\n".join(lines)
 
 
-def compose_train(overrides: Sequence[str]) -> Any:
-    """The `vitlab-train` config for `overrides`, composed as the CLI composes it (this process may already
-    be a Hydra app: `vitlab-bench`)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from vitlab.configs import CONFIG_MODULE
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name="train"):
-        return compose("train", overrides=list(overrides))
-
-
 def run(cfg: Any, out_dir: Path) -> Path:
     """`vitlab-bench overhead`: both measurements, `<out_dir>/overhead.{json,md}`; returns the .md path."""
     import json
 
+    from vitlab.bench.compose import compose_train
     from vitlab.bench.env import environment, header
 
     opts = cfg.overhead

@@ -1,8 +1,10 @@
 """`vitlab-bench transfer`: what a transfer method costs per training step of the same frozen ViT.
 
-Every variant is the same backbone (default ViT-B/16 at 224 px, no weights needed) with a different set of
-trainable tensors; one step is forward + backward + AdamW on what trains. Variants are timed round-robin
-(one step each per round) and summarised by the median, so drift in the machine's speed hits all alike.
+Every variant is the same backbone (default `model/backbone=vit_base`, ViT-B/16 at 224 px, no weights needed)
+with a different set of trainable tensors, composed from `configs/model/...` through Hydra
+(`transfer.methods`: each variant's overrides, exactly what a training run would use). One step is forward +
+backward + AdamW on what trains. Variants are timed round-robin (one step each per round) and summarised by
+the median, so drift in the machine's speed hits all alike.
 
 - `head_only`: the linear probe; no gradient enters the backbone.
 - `reference`: the same frozen model, but the gradient flows back through every block to the input: the
@@ -14,11 +16,9 @@ The heads are also timed alone on pooled features (`head_batch` rows): linear vs
 
 from __future__ import annotations
 
-import functools
 import json
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,31 +26,30 @@ from torch import Tensor, nn
 
 from vitlab.bench.rounds import ratios
 from vitlab.errors import ConfigError
-from vitlab.models.adapters.step_size import install_step_sizes
-from vitlab.models.backbone import create_backbone
-from vitlab.models.build import build_classifier
 from vitlab.models.geometry import TokenGeometry, geometry_of
 from vitlab.models.heads.memory_ode import MemoryODEHead
-from vitlab.models.peft.selective import full
 from vitlab.models.summary import param_counts
 
-VARIANTS = ("head_only", "reference", "step_scalar", "step_channel", "step_dynamic", "memory_ode", "full")
 BASELINE = {"step_scalar": "reference", "step_channel": "reference", "step_dynamic": "reference", "full": "reference"}
 BASELINE |= {"reference": "head_only", "memory_ode": "head_only"}
+INPUT_GRADIENT = "reference"  # the variant whose gradient flows back to the input image
 
 
-def build_variant(name: str, backbone: Callable[..., nn.Module], num_classes: int) -> nn.Module:
-    """The classifier of one variant (weights are random: timing does not depend on them)."""
-    if name not in VARIANTS:
-        raise ConfigError(f"transfer.variants: {name!r} is not a variant; allowed: {', '.join(VARIANTS)}.")
-    kwargs: dict = {"freeze": "backbone"}
-    if name.startswith("step_"):
-        kwargs["step_size"] = functools.partial(install_step_sizes, kind=name.removeprefix("step_"))
-    elif name == "memory_ode":
-        kwargs["head"] = functools.partial(MemoryODEHead)
-    elif name == "full":
-        kwargs["peft"] = full
-    return build_classifier(backbone, num_classes=num_classes, **kwargs)
+def build_variant(name: str, opts: dict) -> nn.Module:
+    """The classifier of one variant: the training config's model with `transfer.methods[name]` (weights are
+    random: timing does not depend on them)."""
+    from hydra.utils import instantiate
+
+    from vitlab.bench.compose import compose_train
+
+    methods = opts["methods"]
+    if name not in methods:
+        raise ConfigError(
+            f"transfer.variants: {name!r} is not a variant; allowed: {', '.join(methods)} (transfer.methods)."
+        )
+    base = [f"model/backbone={opts['backbone']}", "~model/stem", f"data.img_size={opts['img_size']}"]
+    cfg = compose_train([*base, *opts["model_overrides"], *methods[name]])
+    return instantiate(cfg.model, num_classes=int(opts["num_classes"]))
 
 
 def timed_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, device: str) -> float:
@@ -72,7 +71,7 @@ def measure_variants(
     """Step times (ms) per variant and round, round-robin over `warmup + rounds` rounds (warmup dropped)."""
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
-    inputs = {name: x.clone().requires_grad_(name == "reference") for name in models}
+    inputs = {name: x.clone().requires_grad_(name == INPUT_GRADIENT) for name in models}
     optimizers = {
         name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for name, m in models.items()
     }
@@ -140,12 +139,7 @@ def render_markdown(record: dict) -> str:
 def run(opts: dict, out_dir: Path) -> Path:
     """Build the variants, measure them, write `<out_dir>/transfer.{json,md}`; returns the .md path."""
     torch.manual_seed(0)
-    backbone = functools.partial(
-        create_backbone, name=opts["backbone"], img_size=opts["img_size"], **(opts["backbone_kwargs"] or {})
-    )
-    models = {
-        v: build_variant(v, backbone, int(opts["num_classes"])).to(opts["device"]).train() for v in opts["variants"]
-    }
+    models = {v: build_variant(v, opts).to(opts["device"]).train() for v in opts["variants"]}
     record = {k: opts[k] for k in ("backbone", "img_size", "batch", "rounds", "device", "head_batch")}
     record["trainable_no_head"] = {v: param_counts(m)["params/trainable_no_head"] for v, m in models.items()}
     record["step_rounds_ms"] = measure_variants(
