@@ -185,7 +185,8 @@ def test_overhead_report_states_both_ratios_with_their_rounds() -> None:
 
 
 def test_overhead_per_step_runs_vitlab_and_the_bare_loop_on_the_same_model(tmp_path) -> None:
-    from vitlab.bench.overhead import compose_train, measure_per_step
+    from vitlab.bench.compose import compose_train
+    from vitlab.bench.overhead import measure_per_step
 
     cfg = compose_train([*TINY, f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
     record = measure_per_step(cfg, rounds=1, steps=2, warmup_steps=1)
