@@ -14,6 +14,7 @@ included, the first `warmup_steps` dropped); the ratio bare / vitlab per round i
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import statistics
 import subprocess
@@ -29,6 +30,8 @@ import pytorch_lightning as pl
 from vitlab.bench.rounds import Spread, interleave, ratios
 
 IMPORT_FLOOR = "import torch, pytorch_lightning, timm"
+STARTUP_KEYS = ("import_s", "first_step_s", "ratio")
+log = logging.getLogger("vitlab")
 
 
 class FirstStepExit(pl.Callback):
@@ -194,6 +197,8 @@ def run(cfg: Any, out_dir: Path) -> Path:
     rounds, timeout = int(opts.rounds), float(opts.timeout_s)
     env = environment("cpu")
     startup = measure_startup(overrides, rounds, timeout) if opts.startup else None
+    if startup:  # a long per-step part follows: the start-up figures are not held back until it ends
+        log.info("start-up: import %s, first step %s, ratio %s", *(startup[k].fmt(".2f") for k in STARTUP_KEYS))
     per_step = None
     if opts.per_step:
         with tempfile.TemporaryDirectory(prefix="vitlab_overhead_") as tmp:
