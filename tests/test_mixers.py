@@ -93,6 +93,8 @@ def test_nystrom_official_padding_equals_nystrom_attention_package_without_a_mas
     ref.to_out[0].load_state_dict(ours.proj.state_dict())
     ref.res_conv.load_state_dict(kernel.res_conv.state_dict())
     assert_same_function(ours, ref, torch.randn(3, n, DIM), atol=2e-6)
+    # ... and the residual convolution's weight gradient (ours: one plane per sample and head, summed)
+    torch.testing.assert_close(kernel.res_conv.weight.grad, ref.res_conv.weight.grad, rtol=1e-3, atol=1e-4)
 
 
 def test_nystrom_paddings_are_one_function_when_the_landmarks_divide_the_length() -> None:

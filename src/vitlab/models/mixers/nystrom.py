@@ -102,7 +102,7 @@ class NystromKernel(AttentionKernel):
         dtype = v.dtype
         with torch.autocast(device_type=q.device.type, enabled=False):  # pinv needs fp32
             q, k, v = at_least_fp32(q, k, v)
-            out = self._attend(q * self.scale, k, v)
+            out = self._attend(q, k, v)
         return out.to(dtype)
 
     def rope_offset(self, n: int) -> int:
@@ -115,6 +115,9 @@ class NystromKernel(AttentionKernel):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         n, m = q.shape[-2], self.num_landmarks
         seg, pad = math.ceil(n / m), self._pad(n)  # front padding, as in ViX / lucidrains
+        # q, k, v arrive as per-head views of the (B, n, H·D) projections; every product below would copy
+        # them again (forward and backward), so lay them out per head once
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if pad and self.padding == "official":
             values, kernel_1, kernel_2 = self._official_kernels(q, k, v, m, seg, pad)
         else:
@@ -129,10 +132,10 @@ class NystromKernel(AttentionKernel):
         n = q.shape[-2]
         counts = self._segment_counts(n, m, seg, pad, q.device)  # real tokens per segment
         divisor = counts[:, None] + self.eps if pad else seg
-        q_land, k_land = (self._landmarks(t, m, seg, pad, divisor) for t in (q, k))
+        q_land, k_land = self._landmarks(q, k, m, seg, pad, divisor)
         empty = counts == 0 if pad >= seg else None  # whole segments of padding (masked landmarks)
 
-        sim1 = q @ k_land.transpose(-1, -2)  # (.., n, m): padded query rows are never computed
+        sim1 = q @ (k_land * self.scale).transpose(-1, -2)  # (.., n, m): padded query rows are never computed
         sim2 = q_land @ k_land.transpose(-1, -2)  # (.., m, m)
         sim3 = q_land @ k.transpose(-1, -2)  # (.., m, n): padded key columns would get weight 0
         if empty is not None:
@@ -152,28 +155,29 @@ class NystromKernel(AttentionKernel):
         logit 0 against every landmark, so softmax(Q̃Kᵀ) over n + p keys is exp(s) / (Σ exp(s) + p), taken in
         log space; their zero values add nothing to softmax(Q̃Kᵀ)V. The pads' own query rows are dropped by the
         code (it keeps the last n outputs) and are never computed here."""
-        q_land, k_land = (self._landmarks(t, m, seg, pad, seg) for t in (q, k))
+        q_land, k_land = self._landmarks(q, k, m, seg, pad, seg)
         sim3 = q_land @ k.transpose(-1, -2)  # (.., m, n) real keys only
         log_norm = torch.logaddexp(sim3.logsumexp(dim=-1, keepdim=True), sim3.new_tensor(math.log(pad)))
         values = (sim3 - log_norm).exp() @ v
-        kernel_1 = (q @ k_land.transpose(-1, -2)).softmax(-1)
+        kernel_1 = (q @ (k_land * self.scale).transpose(-1, -2)).softmax(-1)
         return values, kernel_1, (q_land @ k_land.transpose(-1, -2)).softmax(-1)
 
     def _residual(self, v: Tensor) -> Tensor:
-        """`res_conv(v)`, computed as a 1-D depthwise convolution over (head, channel) pairs: the same result
-        as the (K, 1) Conv2d of the ViX code (whose weight layout is kept), about 2x faster on CPU. Its zero
-        'same' padding stands for the front padding's zero values."""
+        """`res_conv(v)`: the ViX code's (K, 1) convolution over each head's (n, D) plane, with the batch folded
+        into the groups: (1, B·H, n, D) is a view of the per-head layout, so no transposed copies of v or of the
+        result are made, and each plane's weight gradient is its own (their sum over the batch is B·H·K
+        numbers). Its zero 'same' padding stands for the code's zero pads in front."""
         B, H, n, D = v.shape
-        weight = self.res_conv.weight[..., 0].repeat_interleave(D, dim=0)  # (H·D, 1, K)
-        x = v.transpose(-1, -2).reshape(B, H * D, n)
-        y = F.conv1d(x, weight.to(x.dtype), padding=self.res_conv.padding[0], groups=H * D)
-        return y.reshape(B, H, D, n).transpose(-1, -2)
+        weight = self.res_conv.weight.to(v.dtype).repeat(B, 1, 1, 1)  # (B·H, 1, K, 1)
+        y = F.conv2d(v.reshape(1, B * H, n, D), weight, padding=self.res_conv.padding, groups=B * H)
+        return y.view(B, H, n, D)
 
-    @staticmethod
-    def _landmarks(t: Tensor, m: int, seg: int, pad: int, divisor: Tensor | int) -> Tensor:
-        """Segment sums of the front-padded sequence over `divisor`: (B, H, n, D) -> (B, H, m, D)."""
-        t = F.pad(t, (0, 0, pad, 0)) if pad else t
-        return t.unflatten(-2, (m, seg)).sum(dim=-2) / divisor
+    def _landmarks(
+        self, q: Tensor, k: Tensor, m: int, seg: int, pad: int, divisor: Tensor | int
+    ) -> tuple[Tensor, Tensor]:
+        """(Q̃ / √d, K̃): segment means with the softmax scale applied to the m query landmarks (q·k̃/√d =
+        q·(k̃/√d), so the n queries are never scaled)."""
+        return _segment_sums(q, m, seg, pad) * (self.scale / divisor), _segment_sums(k, m, seg, pad) / divisor
 
     @staticmethod
     def _segment_counts(n: int, m: int, seg: int, pad: int, device: torch.device) -> Tensor:
@@ -185,3 +189,17 @@ class NystromKernel(AttentionKernel):
             f"num_landmarks={self.num_landmarks}, pinv_iterations={self.pinv_iterations}, "
             f"pinv_init={self.pinv_init}, padding={self.padding}"
         )
+
+
+def _segment_sums(t: Tensor, m: int, seg: int, pad: int) -> Tensor:
+    """Sums over the m segments of l = `seg` tokens of the sequence front-padded by `pad` zeros, without
+    building the padded copy: `pad // l` empty segments, one segment holding the first l − pad % l tokens,
+    then whole segments. (B, H, n, D) -> (B, H, m, D)."""
+    empty, rem = divmod(pad, seg)
+    first = seg - rem if rem else 0
+    whole = m - empty - (1 if first else 0)
+    parts = [t.new_zeros(*t.shape[:-2], empty, t.shape[-1])] if empty else []
+    if first:
+        parts.append(t[..., :first, :].sum(dim=-2, keepdim=True))
+    parts.append(t[..., first:, :].unflatten(-2, (whole, seg)).sum(dim=-2))
+    return torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
