@@ -30,8 +30,8 @@ PRECISIONS = "bf16-mixed,16-mixed"
 # a few steps of each job: enough to run forward, backward, the optimiser, a validation and a test batch
 FEW_STEPS = [
     "+trainer.max_steps=4",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
     "trainer.max_epochs=1",
 ]
 QUIET = ["trainer.enable_progress_bar=false", "logger=csv"]

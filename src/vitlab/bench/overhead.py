@@ -7,8 +7,9 @@ ratio command-to-first-step / import-time is taken within each round.
 
 Per step: one process, the same model and the same data loader, interleaved rounds of (a) a real vitlab fit
 (`build_trainer` with the run's callbacks and loggers) for a few steps and (b) a bare PyTorch loop (forward,
-loss, backward, AdamW step). The step time is the interval between consecutive step starts (the batch fetch
-included, the first `warmup_steps` dropped); the ratio bare / vitlab per round is vitlab's relative throughput.
+loss, backward, AdamW step) on the trainer's device and in its mixed precision. The step time is the interval
+between consecutive step starts (the batch fetch included, the first `warmup_steps` dropped); the ratio
+bare / vitlab per round is vitlab's relative throughput.
 """
 
 from __future__ import annotations
@@ -53,7 +54,27 @@ class StepStarts(pl.Callback):
         self.starts: list[float] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        self.starts.append(time.perf_counter())
+        self.starts.append(_now(pl_module.device))
+
+
+def _now(device: Any) -> float:
+    """`perf_counter` after the device's queued work is done (on CUDA a step's time is otherwise the launch's)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def loop_device(trainer_cfg: Any) -> tuple[Any, Any]:
+    """The device and autocast dtype a Lightning trainer config trains in, for the bare loop to match."""
+    import torch
+
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return torch.device("cuda" if cuda else "cpu"), dtype
 
 
 def train_command() -> list[str]:
@@ -138,16 +159,24 @@ def measure_per_step(cfg: Any, rounds: int, steps: int, warmup_steps: int) -> di
         trainer.fit(module, datamodule=datamodule)
         return _step_time(starts.starts, warmup_steps)
 
+    device, amp_dtype = loop_device(cfg.trainer)
+
     def bare_loop() -> float:
+        """What a hand-written loop does: same device, same mixed precision (a scaler for float16)."""
+        model.to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-        model.train()
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         starts = []
         for x, y in datamodule.train_dataloader():
-            starts.append(time.perf_counter())
+            starts.append(_now(device))
             if len(starts) > total - 1:
                 break
-            loss_fn(model(x), y).backward()
-            optimizer.step()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
         return _step_time(starts, warmup_steps)
 
