@@ -170,18 +170,24 @@ def test_transfer_bench_rejects_an_unknown_variant(tmp_path) -> None:
     assert "transfer.variants" in proc.stderr and "step_scalar" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_overhead_report_states_both_ratios_with_their_rounds() -> None:
-    from vitlab.bench.overhead import render_markdown
-    from vitlab.bench.rounds import Spread
+def test_overhead_report_states_both_ratios_by_wall_clock_and_cpu_time() -> None:
+    from vitlab.bench.overhead import render_markdown, summarise
 
-    startup = {"import_s": Spread(10.0, 9.0, 12.0), "first_step_s": Spread(13.0, 12.0, 15.0)}
-    startup["ratio"] = Spread(1.3, 1.2, 1.4)
-    per_step = {"vitlab_img_s": Spread(99.0, 95.0, 100.0), "bare_img_s": Spread(100.0, 96.0, 101.0), "batch": 64}
-    per_step["ratio"] = Spread(0.99, 0.97, 1.01)
-    text = render_markdown(startup, per_step, 7, "Machine: test")
+    startup = summarise(
+        {"first_step": [(13.0, 9.0), (12.0, 8.0)], "import": [(10.0, 7.5), (10.0, 8.0)]}, "first_step", "import"
+    )
+    per_step = summarise({"bare": [(1.0, 0.98), (1.0, 0.99)], "vitlab": [(1.0, 1.0), (1.25, 1.0)]}, "bare", "vitlab")
+    text = render_markdown(startup, per_step | {"batch": 64}, 2, "Machine: test")
     assert text.startswith("Machine: test")
-    assert "**start-up ratio** (first step / import, per round): **1.30 (1.20–1.40)** (target ≤ 1.5)" in text
-    assert "**per-step ratio** (vitlab / bare, per round): **0.990 (0.970–1.010)** (target ≥ 0.98)" in text
+    # per-round ratios: wall 1.3 and 1.2, CPU 1.2 and 1.0
+    rows = {line.split(" |")[0]: line for line in text.splitlines() if line.startswith("| **")}
+    assert rows["| **start-up ratio** (first step / import, per round; target ≤ 1.5)"].endswith(
+        "| **1.25 (1.20–1.30)** | **1.10 (1.00–1.20)** |"
+    )
+    assert rows["| **per-step ratio** (vitlab / bare throughput, per round; target ≥ 0.98)"].endswith(
+        "| **0.900 (0.800–1.000)** | **0.985 (0.980–0.990)** |"
+    )
+    assert "| bare PyTorch loop | 64.0 (64.0–64.0) |" in text
 
 
 def test_overhead_per_step_runs_vitlab_and_the_bare_loop_on_the_same_model(tmp_path) -> None:
@@ -190,16 +196,16 @@ def test_overhead_per_step_runs_vitlab_and_the_bare_loop_on_the_same_model(tmp_p
 
     cfg = compose_train([*TINY, f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
     record = measure_per_step(cfg, rounds=1, steps=2, warmup_steps=1)
-    assert record["batch"] == 64 and len(record["samples"]["vitlab_s"]) == len(record["samples"]["bare_s"]) == 1
-    assert record["vitlab_img_s"].median > 0 and record["bare_img_s"].median > 0 and record["ratio"].median > 0
+    assert record["batch"] == 64 and len(record["samples"]["vitlab"]) == len(record["samples"]["bare"]) == 1
+    assert record["vitlab_wall"].median > 0 and record["bare_cpu"].median > 0 and record["ratio_cpu"].median > 0
 
 
 def test_time_to_first_step_stops_a_real_vitlab_train_at_its_first_step(tmp_path) -> None:
     """One real `vitlab-train` process: the callback added through Hydra stamps the first step and exits."""
     from vitlab.bench.overhead import time_to_first_step
 
-    seconds = time_to_first_step(TINY, tmp_path, timeout=300)
-    assert 0 < seconds < 300
+    wall, cpu = time_to_first_step(TINY, tmp_path, timeout=300)
+    assert 0 < wall < 300 and 0 < cpu < 300
     assert not list(tmp_path.rglob("results.json"))  # it stopped before finishing anything
 
 

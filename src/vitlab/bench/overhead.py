@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,6 @@ import pytorch_lightning as pl
 from vitlab.bench.rounds import Spread, interleave, ratios
 
 IMPORT_FLOOR = "import torch, pytorch_lightning, timm"
-STARTUP_KEYS = ("import_s", "first_step_s", "ratio")
 log = logging.getLogger("vitlab")
 
 
@@ -51,19 +51,20 @@ class StepStarts(pl.Callback):
     """The `perf_counter` at the start of every training step (after the batch is fetched, as in a loop)."""
 
     def __init__(self) -> None:
-        self.starts: list[float] = []
+        self.starts: list[tuple[float, float]] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         self.starts.append(_now(pl_module.device))
 
 
-def _now(device: Any) -> float:
-    """`perf_counter` after the device's queued work is done (on CUDA a step's time is otherwise the launch's)."""
+def _now(device: Any) -> tuple[float, float]:
+    """(wall, process CPU) clocks after the device's queued work is done (on CUDA a step's time is otherwise
+    the launch's). CPU time is what a step costs even when other jobs share the cores."""
     import torch
 
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter()
+    return time.perf_counter(), time.process_time()
 
 
 def loop_device(trainer_cfg: Any) -> tuple[Any, Any]:
@@ -83,14 +84,21 @@ def train_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "vitlab.cli.train"]
 
 
-def time_import_floor(timeout: float) -> float:
-    start = time.time()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_import_floor(timeout: float) -> tuple[float, float]:
+    """(wall, CPU) seconds of `python -c "import torch, pytorch_lightning, timm"`."""
+    cpu, start = _children_cpu(), time.time()
     subprocess.run([sys.executable, "-c", IMPORT_FLOOR], check=True, timeout=timeout, capture_output=True)
-    return time.time() - start
+    return time.time() - start, _children_cpu() - cpu
 
 
-def time_to_first_step(overrides: Sequence[str], work_dir: Path, timeout: float) -> float:
-    """Seconds from starting `vitlab-train <overrides>` to the start of its first training step."""
+def time_to_first_step(overrides: Sequence[str], work_dir: Path, timeout: float) -> tuple[float, float]:
+    """(wall, CPU) seconds from starting `vitlab-train <overrides>` to the start of its first training step (the
+    process exits there, so its CPU time is the start-up's)."""
     stamp = Path(tempfile.mkstemp(dir=work_dir, suffix=".first_step")[1])
     stamp.unlink()
     extra = [
@@ -99,36 +107,42 @@ def time_to_first_step(overrides: Sequence[str], work_dir: Path, timeout: float)
         f"+callbacks.first_step.path={stamp}",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    start = time.time()
+    cpu, start = _children_cpu(), time.time()
     done = subprocess.run([*train_command(), *overrides, *extra], timeout=timeout, capture_output=True, env=env)
     if not stamp.exists():
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"vitlab-train never reached a training step (exit {done.returncode}): {' | '.join(tail)}")
-    return float(stamp.read_text()) - start
+    return float(stamp.read_text()) - start, _children_cpu() - cpu
+
+
+def summarise(samples: dict[str, list[tuple[float, float]]], num: str, den: str) -> dict[str, Any]:
+    """Spreads of wall and CPU time per side and the per-round ratios num/den of both."""
+    out: dict[str, Any] = {"samples": samples}
+    for i, clock in enumerate(("wall", "cpu")):
+        a, b = [t[i] for t in samples[num]], [t[i] for t in samples[den]]
+        out[f"{num}_{clock}"], out[f"{den}_{clock}"] = Spread.of(a), Spread.of(b)
+        out[f"ratio_{clock}"] = ratios(a, b)
+    return out
 
 
 def measure_startup(overrides: Sequence[str], rounds: int, timeout: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vitlab_overhead_") as tmp:
         samples = interleave(
             {
-                "import_s": lambda: time_import_floor(timeout),
-                "first_step_s": lambda: time_to_first_step(overrides, Path(tmp), timeout),
+                "import": lambda: time_import_floor(timeout),
+                "first_step": lambda: time_to_first_step(overrides, Path(tmp), timeout),
             },
             rounds=rounds,
             warmup=1,  # the first launch also warms the page cache for both
         )
-    return {
-        "import_s": Spread.of(samples["import_s"]),
-        "first_step_s": Spread.of(samples["first_step_s"]),
-        "ratio": ratios(samples["first_step_s"], samples["import_s"]),
-        "samples": samples,
-    }
+    return summarise(samples, "first_step", "import")
 
 
-def _step_time(starts: list[float], warmup_steps: int) -> float:
-    """Median interval between consecutive step starts, the first `warmup_steps` intervals dropped."""
-    intervals = [b - a for a, b in itertools.pairwise(starts)][warmup_steps:]
-    return statistics.median(intervals)
+def _step_time(stamps: list[tuple[float, float]], warmup_steps: int) -> tuple[float, float]:
+    """Median (wall, CPU) interval between consecutive step starts, the first `warmup_steps` dropped."""
+    walls = [b[0] - a[0] for a, b in itertools.pairwise(stamps)][warmup_steps:]
+    cpus = [b[1] - a[1] for a, b in itertools.pairwise(stamps)][warmup_steps:]
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def measure_per_step(cfg: Any, rounds: int, steps: int, warmup_steps: int) -> dict[str, Any]:
@@ -180,38 +194,50 @@ def measure_per_step(cfg: Any, rounds: int, steps: int, warmup_steps: int) -> di
             optimizer.zero_grad(set_to_none=True)
         return _step_time(starts, warmup_steps)
 
-    samples = interleave({"vitlab_s": vitlab_fit, "bare_s": bare_loop}, rounds=rounds, warmup=1)
+    samples = interleave({"vitlab": vitlab_fit, "bare": bare_loop}, rounds=rounds, warmup=1)
     batch = int(cfg.data.batch_size)
-    return {
-        "vitlab_img_s": Spread.of([batch / t for t in samples["vitlab_s"]]),
-        "bare_img_s": Spread.of([batch / t for t in samples["bare_s"]]),
-        "ratio": ratios(samples["bare_s"], samples["vitlab_s"]),  # = vitlab img/s / bare img/s, per round
-        "samples": samples,
-        "batch": batch,
-    }
+    # bare time / vitlab time = vitlab img/s / bare img/s, per round
+    return summarise(samples, "bare", "vitlab") | {"batch": batch}
 
 
 def render_markdown(startup: dict | None, per_step: dict | None, rounds: int, header: str) -> str:
+    """Wall-clock and CPU-time figures with their per-round ratios. On a machine shared with other jobs the
+    CPU-time ratio is the trustworthy one (waiting for a core is not vitlab's cost); on an idle one they agree."""
     lines = [header, ""]
     if startup:
         lines += [
-            f"Start-up, {rounds} interleaved rounds of fresh processes (median, min–max):",
+            f"Start-up, {rounds} interleaved rounds of fresh processes, median (min–max), wall clock / CPU time:",
             "",
-            f'- `python -c "{IMPORT_FLOOR}"`: {startup["import_s"].fmt(".2f", " s")}',
-            f"- `vitlab-train` to its first training step: {startup['first_step_s'].fmt('.2f', ' s')}",
-            f"- **start-up ratio** (first step / import, per round): **{startup['ratio'].fmt('.2f')}** (target ≤ 1.5)",
+            "| | wall (s) | CPU (s) |",
+            "|---|---:|---:|",
+            f'| `python -c "{IMPORT_FLOOR}"` | {startup["import_wall"].fmt(".2f")} | '
+            f"{startup['import_cpu'].fmt('.2f')} |",
+            f"| `vitlab-train` to its first training step | {startup['first_step_wall'].fmt('.2f')} | "
+            f"{startup['first_step_cpu'].fmt('.2f')} |",
+            f"| **start-up ratio** (first step / import, per round; target ≤ 1.5) | "
+            f"**{startup['ratio_wall'].fmt('.2f')}** | **{startup['ratio_cpu'].fmt('.2f')}** |",
             "",
         ]
     if per_step:
+        batch = per_step["batch"]
         lines += [
-            f"Per step, same model and loader, batch {per_step['batch']}, {rounds} interleaved rounds:",
+            f"Per step, same model and loader, batch {batch}, {rounds} interleaved rounds, median (min–max):",
             "",
-            f"- vitlab (Lightning, the run's callbacks and loggers): {per_step['vitlab_img_s'].fmt('.1f', ' img/s')}",
-            f"- bare PyTorch loop: {per_step['bare_img_s'].fmt('.1f', ' img/s')}",
-            f"- **per-step ratio** (vitlab / bare, per round): **{per_step['ratio'].fmt('.3f')}** (target ≥ 0.98)",
+            "| | wall img/s | CPU s/step |",
+            "|---|---:|---:|",
+            f"| vitlab (Lightning, the run's callbacks and loggers) | {_rate(per_step['vitlab_wall'], batch)} | "
+            f"{per_step['vitlab_cpu'].fmt('.3f')} |",
+            f"| bare PyTorch loop | {_rate(per_step['bare_wall'], batch)} | {per_step['bare_cpu'].fmt('.3f')} |",
+            f"| **per-step ratio** (vitlab / bare throughput, per round; target ≥ 0.98) | "
+            f"**{per_step['ratio_wall'].fmt('.3f')}** | **{per_step['ratio_cpu'].fmt('.3f')}** |",
             "",
         ]
     return "\n".join(lines)
+
+
+def _rate(seconds: Spread, batch: int) -> str:
+    """Images per second from step seconds (the slowest step is the lowest rate)."""
+    return Spread(batch / seconds.median, batch / seconds.high, batch / seconds.low).fmt(".1f")
 
 
 def run(cfg: Any, out_dir: Path) -> Path:
@@ -227,7 +253,7 @@ def run(cfg: Any, out_dir: Path) -> Path:
     env = environment("cpu")
     startup = measure_startup(overrides, rounds, timeout) if opts.startup else None
     if startup:  # a long per-step part follows: the start-up figures are not held back until it ends
-        log.info("start-up: import %s, first step %s, ratio %s", *(startup[k].fmt(".2f") for k in STARTUP_KEYS))
+        log.info("start-up ratio: wall %s, CPU %s", *(startup[k].fmt(".2f") for k in ("ratio_wall", "ratio_cpu")))
     per_step = None
     if opts.per_step:
         with tempfile.TemporaryDirectory(prefix="vitlab_overhead_") as tmp:
