@@ -21,10 +21,11 @@ from helpers.signal_at_step import SignalAtStep
 from vitlab.cli import train as train_cli
 from vitlab.cli.in_place import apply_attempt, open_attempt
 from vitlab.cli.runner import run_task
+from vitlab.training import components
 from vitlab.training.checkpointing import LastCheckpoint
 
 ARGS = [*TINY, "trainer.max_epochs=2", "seed=1"]
-BUILD_TRAINER = train_cli.build_trainer
+BUILD_TRAINER = components.build_trainer  # vitlab-train imports it when a run starts: patch it there
 
 
 def config(run_dir: Path, args: list[str]) -> DictConfig:
@@ -43,7 +44,7 @@ def run(
     build = BUILD_TRAINER
     extra = [SignalAtStep(*at)] if at else []
     monkeypatch.setattr(
-        train_cli, "build_trainer", lambda cfg, extra_callbacks=None: build(cfg, [*extra, *(extra_callbacks or [])])
+        components, "build_trainer", lambda cfg, extra_callbacks=None: build(cfg, [*extra, *(extra_callbacks or [])])
     )
     cfg = config(run_dir, args)
     attempt = open_attempt(run_dir, args)

@@ -18,6 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from vitlab.cli import train
+from vitlab.training import components
 
 
 class SignalAtStep(pl.Callback):
@@ -51,12 +52,12 @@ class SignalAtStep(pl.Callback):
 def main() -> None:
     step, name = os.environ["VITLAB_TEST_SIGNAL_AT"].split(":")
     injector = SignalAtStep(int(step), getattr(signal, name))
-    build_trainer = train.build_trainer
+    build_trainer = components.build_trainer  # vitlab-train imports it from there when the run starts
 
     def with_injector(cfg: Any, extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
         return build_trainer(cfg, extra_callbacks=[injector, *(extra_callbacks or [])])
 
-    train.build_trainer = with_injector
+    components.build_trainer = with_injector
     train.main()
 
 
