@@ -28,6 +28,9 @@ train: install ## train the default model (a small ViT) on digits and print test
 test: install lint ## run ruff and the test suite (PYTEST_ARGS="-k resume" to select; TEST_WORKERS=0: one process)
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+test-fast: install lint ## the quick tier (< 3 min on 2 cores): everything but the tests that start vitlab processes or train end to end
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not slurm" $(PYTEST_ARGS)
+
 bench: install ## benchmarks (~30 min on 2 cores): mixers vs length, EIT presets, transfer steps, start-up/per-step overhead, torch.compile -> outputs/bench/
 	$(BIN)/vitlab-bench attention $(ARGS)
 	$(BIN)/vitlab-bench transfer
@@ -56,4 +59,4 @@ clean: ## remove caches and build files (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help install train test bench gpu-check reproduce lint format clean
+.PHONY: help install train test test-fast bench gpu-check reproduce lint format clean

@@ -202,6 +202,7 @@ def assert_paragraph(run, *fragments: str) -> None:
         assert fragment in run.stderr, run.stderr[-3000:]
 
 
+@pytest.mark.slow  # one vitlab-train process per class of error
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -222,6 +223,7 @@ def test_the_cli_prints_one_paragraph_and_records_the_failure(tmp_path: Path, ar
     assert result["status"] == "failed" and fragments[0] in result["error"]
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_as_failed(tmp_path: Path) -> None:
     run = run_cli("train", [*TINY, "optim.lr=1e30", "trainer.max_epochs=2"], tmp_path)
     assert_paragraph(run, "train/loss became", "optim.lr")
@@ -242,6 +244,7 @@ def test_a_finished_run_directory_is_refused_before_hydra_writes_into_it(tmp_pat
     assert json.loads((run_dir / "results.json").read_text()) == {"status": "ok", "test/acc": 0.9}
 
 
+@pytest.mark.slow
 def test_vitlab_eval_without_ckpt_path_is_one_paragraph(tmp_path: Path) -> None:
     run = run_cli("eval", [], tmp_path)
     assert_paragraph(run, "vitlab-eval needs ckpt_path=")

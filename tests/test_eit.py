@@ -118,6 +118,7 @@ def test_eit_with_any_kernel_trains_keeps_the_split_and_reaches_every_parameter(
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+@pytest.mark.slow
 def test_cli_eit_cifar_on_digits_and_eit_mini_on_224px_fake_data(tmp_path) -> None:
     digits = run_cli(
         "train",

@@ -24,6 +24,8 @@ from vitlab.cli.runner import run_task
 from vitlab.training import components
 from vitlab.training.checkpointing import LastCheckpoint
 
+pytestmark = pytest.mark.slow  # starts vitlab processes or trains end to end: not in make test-fast
+
 ARGS = [*TINY, "trainer.max_epochs=2", "seed=1"]
 BUILD_TRAINER = components.build_trainer  # vitlab-train imports it when a run starts: patch it there
 

@@ -13,6 +13,8 @@ import yaml
 
 from conftest import TINY, run_cli
 
+pytestmark = pytest.mark.slow  # starts vitlab processes or trains end to end: not in make test-fast
+
 LIMITS = ["++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1"]
 SMOKE = [*(o for o in TINY if "enable_progress_bar" not in o), "data.batch_size=32", "data.num_workers=0", *LIMITS]
 

@@ -23,6 +23,8 @@ import yaml
 
 from conftest import ROOT, TINY, assert_identical, run_cli
 
+pytestmark = pytest.mark.slow  # starts vitlab processes or trains end to end: not in make test-fast
+
 BASE = [*TINY, "trainer.max_epochs=6", "seed=3"]  # 19 steps per epoch (1,257 digits, batch 64): 114 steps
 STEPS = 6 * 19
 HARNESS = ROOT / "tests" / "helpers" / "signal_at_step.py"

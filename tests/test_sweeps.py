@@ -16,6 +16,8 @@ import yaml
 
 from conftest import ROOT, TINY, compose_cfg, run_cli
 
+pytestmark = pytest.mark.slow  # starts vitlab processes or trains end to end: not in make test-fast
+
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 

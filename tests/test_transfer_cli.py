@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from conftest import TINY, run_cli
 
+pytestmark = pytest.mark.slow  # starts vitlab processes or trains end to end: not in make test-fast
+
 DIGITS = ["data.num_workers=0", "~model/stem"]
 
 
