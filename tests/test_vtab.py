@@ -219,6 +219,6 @@ def test_vitlab_train_runs_the_final_protocol_on_a_miniature(vtab, tmp_path) -> 
     )
     assert run.returncode == 0, run.stderr[-3000:]
     (result,) = run.results()
-    assert result["status"] == "ok" and 0.0 <= result["test/acc"] <= 1.0
+    assert result["status"] == "ok"
     assert result["params/trainable"] - result["params/trainable_no_head"] == 32 * 4 + 4  # 4 kitti classes
     assert result["test/acc"] == result["val/acc"]  # final: validation is test.txt, the last epoch is tested
