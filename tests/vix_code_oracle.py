@@ -204,6 +204,19 @@ def embed(w: Tensors, img: Tensor, spec: CodeModel) -> Tensor:
     return linear(tokens, w("backbone.patch_embed.proj.weight")[:, :, 0, 0], w("backbone.patch_embed.proj.bias"))
 
 
+def mlp_residual(w: Tensors, p: str, x: Tensor) -> Tensor:
+    """The blocks' PreNorm feed-forward residual: x + W₂ GELU(W₁ LN(x) + b₁) + b₂."""
+    h = layer_norm(x, w(p + "norm2.weight"), w(p + "norm2.bias"))
+    return (
+        linear(
+            gelu(linear(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"))),
+            w(p + "mlp.fc2.weight"),
+            w(p + "mlp.fc2.bias"),
+        )
+        + x
+    )
+
+
 def code_logits(w: Tensors, img: Tensor, spec: CodeModel, depth: int = 4) -> Tensor:
     """The code's model (eval mode: every dropout off) on `img`, in float64."""
     img = img.to(torch.float64)
@@ -229,15 +242,7 @@ def code_logits(w: Tensors, img: Tensor, spec: CodeModel, depth: int = 4) -> Ten
         else:  # FNetBlock
             mixed = torch.fft.fft(torch.fft.fft(h, dim=-1), dim=-2).real
         x = mixed + x
-        h = layer_norm(x, w(p + "norm2.weight"), w(p + "norm2.bias"))
-        x = (
-            linear(
-                gelu(linear(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"))),
-                w(p + "mlp.fc2.weight"),
-                w(p + "mlp.fc2.bias"),
-            )
-            + x
-        )
+        x = mlp_residual(w, p, x)
     cls = layer_norm(x[:, 0], w("backbone.norm.weight"), w("backbone.norm.bias"))
     return linear(cls, w("backbone.head.weight"), w("backbone.head.bias"))
 
@@ -270,14 +275,6 @@ def mixer_logits(w: Tensors, img: Tensor, conv: bool, depth: int = 4) -> Tensor:
         h = layer_norm(x, w(p + "norm1.weight"), w(p + "norm1.bias"))
         hidden = gelu(torch.einsum("jn,bnc->bjc", w(p + "attn.fc1.weight"), h) + w(p + "attn.fc1.bias")[:, None])
         x = torch.einsum("nj,bjc->bnc", w(p + "attn.fc2.weight"), hidden) + w(p + "attn.fc2.bias")[:, None] + x
-        h = layer_norm(x, w(p + "norm2.weight"), w(p + "norm2.bias"))
-        x = (
-            linear(
-                gelu(linear(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"))),
-                w(p + "mlp.fc2.weight"),
-                w(p + "mlp.fc2.bias"),
-            )
-            + x
-        )
+        x = mlp_residual(w, p, x)
     pooled = layer_norm(x, w("backbone.norm.weight"), w("backbone.norm.bias")).mean(dim=1)
     return linear(pooled, w("backbone.head.weight"), w("backbone.head.bias"))
