@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, TINY
 from vitlab.bench.attention import render_markdown
 
@@ -68,6 +70,7 @@ def test_bench_layers_are_the_training_configs_mixers() -> None:
     assert reference_of("nystrom") == "nystrom_ref" and reference_of("fnet") is None
 
 
+@pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_bench_cli_writes_table_json_and_plot(tmp_path) -> None:
     args = [
         "attention",
@@ -90,12 +93,14 @@ def test_bench_cli_writes_table_json_and_plot(tmp_path) -> None:
     assert "| nystrom |" in (tmp_path / "attention.md").read_text()
 
 
+@pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_bench_rejects_an_unknown_entry(tmp_path) -> None:
     proc = run_bench("attention", "attention.entries=[flash]", f"out_dir={tmp_path}")
     assert proc.returncode == 2
     assert "entries=['flash']" in proc.stderr and "nystrom_ref" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_model_bench_reports_params_macs_and_throughput(tmp_path) -> None:
     args = [
         "model",
@@ -136,6 +141,7 @@ def test_transfer_report_gives_each_variants_overhead_against_its_baseline() -> 
     assert "memory-ODE (10 Euler steps) 2.00 ms (4.0×)" in table
 
 
+@pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_transfer_bench_cli_times_every_variant_on_a_tiny_vit(tmp_path) -> None:
     sizes = ("model.backbone.patch_size=4", "+model.backbone.embed_dim=32", "+model.backbone.depth=2")
     tiny = "[" + ",".join(f"'{s}'" for s in (*sizes, "+model.backbone.num_heads=2")) + "]"  # vit_base has no such keys
@@ -164,6 +170,7 @@ def test_transfer_bench_cli_times_every_variant_on_a_tiny_vit(tmp_path) -> None:
     assert "vs reference" in (tmp_path / "transfer.md").read_text()
 
 
+@pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_transfer_bench_rejects_an_unknown_variant(tmp_path) -> None:
     proc = run_bench("transfer", "transfer.variants=[lora_everything]", f"out_dir={tmp_path}")
     assert proc.returncode == 2
@@ -190,6 +197,7 @@ def test_overhead_report_states_both_ratios_by_wall_clock_and_cpu_time() -> None
     assert "| bare PyTorch loop | 64.0 (64.0–64.0) |" in text
 
 
+@pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_overhead_per_step_runs_vitlab_and_the_bare_loop_on_the_same_model(tmp_path) -> None:
     from vitlab.bench.compose import compose_train
     from vitlab.bench.overhead import measure_per_step
@@ -200,6 +208,7 @@ def test_overhead_per_step_runs_vitlab_and_the_bare_loop_on_the_same_model(tmp_p
     assert record["vitlab_wall"].median > 0 and record["bare_cpu"].median > 0 and record["ratio_cpu"].median > 0
 
 
+@pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_time_to_first_step_stops_a_real_vitlab_train_at_its_first_step(tmp_path) -> None:
     """One real `vitlab-train` process: the callback added through Hydra stamps the first step and exits."""
     from vitlab.bench.overhead import time_to_first_step
