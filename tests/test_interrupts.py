@@ -56,6 +56,7 @@ def run(
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2], ids=lambda s: s.name)
 def test_a_signal_writes_the_checkpoint_of_its_step_and_stops_non_zero(signum, tmp_path, monkeypatch) -> None:
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a job started in the background
     with pytest.raises(SystemExit) as stop:
         run(tmp_path / "run", monkeypatch, at=(5, signum))
     assert stop.value.code == 128 + signum
@@ -65,7 +66,7 @@ def test_a_signal_writes_the_checkpoint_of_its_step_and_stops_non_zero(signum, t
     assert ckpt["global_step"] == 5
     state = json.loads((tmp_path / "run" / "run.json").read_text())
     assert state["attempts"][0]["status"] == "interrupted" and state["attempts"][0]["signal"] == signum.name
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's Ctrl+C works again
+    assert signal.getsignal(signal.SIGINT) is before  # restored: pytest's Ctrl+C works again
 
 
 def test_signals_during_the_checkpoint_write_change_nothing_and_the_run_continues_exactly(
