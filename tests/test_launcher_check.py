@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from vitlab.cli.launcher_check import check_launcher, split_config_dirs
+from vitlab.cli.launcher_check import check_launcher
 from vitlab.cli.resolvers import slurm_devices
+from vitlab.cli.show_hydra import split_config_dirs
 from vitlab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +52,14 @@ def test_vitlab_train_says_it_in_one_paragraph_and_exits_2(tmp_path: Path) -> No
     assert run.returncode == 2, run.stderr
     assert "cannot size a SLURM job" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cfg_hydra_resolve_composes_a_users_config_dir(tmp_path: Path) -> None:
+    """`--cfg hydra --resolve` (composed by vitlab, not Hydra) finds a user's experiment through --config-dir."""
+    example = ROOT / "examples" / "my_project" / "configs"
+    args = ["--config-dir", str(example), "experiment=rope_vit48", "--cfg", "hydra", "--resolve"]
+    run = subprocess.run(
+        [sys.executable, "-m", "vitlab.cli.train", *args], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"file://{example}" in run.stdout and "${" not in run.stdout

@@ -8,33 +8,11 @@ paragraph. Anything else is left to Hydra. No torch import: about half a second,
 
 from __future__ import annotations
 
-import os
-
 from omegaconf import OmegaConf
 
-from vitlab.cli.show_hydra import MULTIRUN_FLAGS, overrides_of
+from vitlab.cli.show_hydra import MULTIRUN_FLAGS, composed_overrides
 from vitlab.configs import CONFIG_MODULE
 from vitlab.errors import ConfigError, find_config_error
-
-CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
-OTHER_VALUE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--experimental-rerun")
-
-
-def split_config_dirs(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the --config-dir directories, argv without them and without other flags that take a value)."""
-    dirs: list[str] = []
-    rest: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg in CONFIG_DIR_FLAGS:
-            dirs.append(next(args, ""))
-        elif arg.startswith("--config-dir="):
-            dirs.append(arg.split("=", 1)[1])
-        elif arg in OTHER_VALUE_FLAGS:
-            next(args, None)
-        else:
-            rest.append(arg)
-    return [d for d in dirs if d], rest
 
 
 def check_launcher(config_name: str, argv: list[str]) -> None:
@@ -45,9 +23,7 @@ def check_launcher(config_name: str, argv: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    dirs, rest = split_config_dirs(argv)
-    search = [f"hydra.searchpath=[{','.join('file://' + os.path.abspath(d) for d in dirs)}]"] if dirs else []
-    overrides = [*overrides_of(rest), *search]
+    overrides = composed_overrides(argv)
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name=config_name):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)

@@ -34,6 +34,35 @@ def overrides_of(argv: list[str]) -> list[str]:
     return [arg for i, arg in enumerate(argv) if i not in skip and not arg.startswith("-")]
 
 
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+OTHER_VALUE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--experimental-rerun")
+
+
+def split_config_dirs(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the --config-dir directories, argv without them and without other flags that take a value)."""
+    dirs: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in CONFIG_DIR_FLAGS:
+            dirs.append(next(args, ""))
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        elif arg in OTHER_VALUE_FLAGS:
+            next(args, None)
+        else:
+            rest.append(arg)
+    return [d for d in dirs if d], rest
+
+
+def composed_overrides(argv: list[str]) -> list[str]:
+    """The overrides to compose what the command line composes: its overrides, and a user's --config-dir as
+    Hydra's search path (the compose API has no --config-dir)."""
+    dirs, rest = split_config_dirs(argv)
+    search = [f"hydra.searchpath=[{','.join('file://' + os.path.abspath(d) for d in dirs)}]"] if dirs else []
+    return [*overrides_of(rest), *search]
+
+
 def resolved_hydra_yaml(config_name: str, overrides: list[str]) -> str:
     """The `hydra:` node as YAML, resolved in the context of the full config (`overrides` applied)."""
     from hydra import compose, initialize_config_module
@@ -62,7 +91,7 @@ def show_resolved_hydra(config_name: str, argv: list[str]) -> bool:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        text = resolved_hydra_yaml(config_name, overrides_of(argv))
+        text = resolved_hydra_yaml(config_name, composed_overrides(argv))
     except (HydraException, OmegaConfBaseException) as exc:  # a bad override: Hydra's message, one paragraph
         message = str(exc).split("\nConfig search path")[0].strip()
         print(f"vitlab-{config_name}: error: {message}", file=sys.stderr)
