@@ -215,7 +215,8 @@ def test_reproduce_continues_an_interrupted_row_in_place_and_reruns_an_edited_on
     assert "1 continue in place" in run.stdout, run.stdout
     state = json.loads((job.run_dir(td) / "run.json").read_text())
     assert state["attempts"][-1]["resumed_from"]["global_step"] == step
-    assert state["attempts"][-1]["resumed_from"]["epoch"] == step // 19
+    # the epoch the step-th batch ran in: a stop after an epoch's last batch (19, 38) resumes in that epoch
+    assert state["attempts"][-1]["resumed_from"]["epoch"] == (step - 1) // 19, f"stopped after step {step}"
     result = json.loads((job.run_dir(td) / "results.json").read_text())
     assert result["status"] == "ok" and result["resumed"] == 1 and result["epochs"] == 3
 
