@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_failing_rows_are_recorded_and_the_table_still_renders(first) -> None:
     assert rows["broken"]["paper_value"] == "80.0" and rows["broken"]["mean"] == ""  # never filled in
     md = (log_dir / "tables" / "smoke" / "demo_tiny.md").read_text()
     assert "## Failures" in md and "no_such_mixer" in md
-    assert "[1/3] vit/digits" in run.stdout and "failed" in run.stdout
+    assert "[1/2] vit/digits  seed 0: ok 1/1" in run.stdout and "broken/digits: failed" in run.stdout
 
 
 def test_second_run_skips_finished_rows_and_retries_failed_ones(first) -> None:
@@ -125,6 +126,22 @@ def test_aggregate_only_and_dry_run_launch_nothing(first, tmp_path) -> None:
     archived = sorted(td.rglob("*.failed*"))
     run = reproduce(table, log_dir, "dry_run=true")  # failed runs exist: a dry run must not move them
     assert run.returncode == 0 and sorted(td.rglob("*.failed*")) == archived
+
+
+def test_parallel_runs_each_seed_beside_another_with_one_core_each(tmp_path) -> None:
+    table = write_table(tmp_path / "tables", ROWS[:1])
+    spec = yaml.safe_load(table.read_text())
+    spec["scales"]["smoke"]["seeds"] = [0, 1]
+    table.write_text(yaml.safe_dump(spec, sort_keys=False))
+    run = reproduce(table, tmp_path / "logs", "parallel=2")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "2 to run, 2 side by side" in run.stdout and run.stdout.count(": ok 1/1") == 2
+    td = tmp_path / "logs" / "reproduce" / "demo" / "tiny" / "smoke" / "vit" / "digits"
+    for seed in (0, 1):
+        assert (td / f"launch.seed{seed}.log").is_file()
+        result = json.loads((td / f"seed{seed}" / "results.json").read_text())
+        threads = os.environ.get("OMP_NUM_THREADS") or max(1, len(os.sched_getaffinity(0)) // 2)  # make test: 1
+        assert result["status"] == "ok" and result["device"].endswith(f"({threads} threads)"), result["device"]
 
 
 def test_wandb_offline_groups_the_runs_and_logs_the_table(tmp_path) -> None:

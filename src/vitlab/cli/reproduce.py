@@ -14,6 +14,7 @@ is retried) and the rest go on. The table is written to `<out_dir>/<paper>_<tabl
 (`<out_dir>/smoke/` at scale=smoke); the exit code is 0 only when every cell of the table has a result.
 
 Options: `stream=true` shows the training output instead of writing it to `<group>/launch.log`;
+`parallel=N` runs N seeds side by side, each with 1/N of the cores (local launcher; `make reproduce` uses 2);
 `out_dir=<dir>` (default `<paths.log_dir>/tables`); `table=<path>.yaml` runs a table definition of your own.
 Every other `key=value` is a `vitlab-train` override passed to every run (e.g. `trainer.accelerator=gpu`,
 `hydra/launcher=joblib`), except the keys a table owns (`RESERVED`: seeds, run directories, the sweeper).
@@ -21,6 +22,7 @@ Every other `key=value` is a `vitlab-train` override passed to every run (e.g. `
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from vitlab.errors import ConfigError
 from vitlab.extras import check_argv
 from vitlab.reproduce import collect, list_tables, load_table, resolve_table, table_dir, write_all
 from vitlab.reproduce.jobs import (
+    Job,
     archive,
     job_status,
     multirun_commands,
@@ -47,10 +50,12 @@ from vitlab.reproduce.launch import (
     compose_train,
     group_jobs,
     record_failure,
+    run_side_by_side,
     statuses,
 )
 from vitlab.reproduce.spec import TableSpec
 from vitlab.reproduce.wandb_publish import group_overrides, publish_table, run_overrides, uses_wandb
+from vitlab.runs.state import override_key
 
 FLAGS = ("aggregate_only", "dry_run", "stream")
 # overrides the table owns: where runs go, the seeds, and the sweep itself
@@ -68,6 +73,7 @@ class Options:
     aggregate_only: bool = False
     dry_run: bool = False
     stream: bool = False
+    parallel: int = 1  # runs side by side on this machine (each seed its own launch when > 1)
     extra: list[str] = field(default_factory=list)  # vitlab-train overrides for every run
 
 
@@ -80,6 +86,8 @@ def parse_args(argv: list[str]) -> Options:
             raise ConfigError(f"{token!r} is not key=value; usage: vitlab-reproduce paper=<p> table=<t> scale=<s>.")
         if key in ("paper", "table", "scale", "out_dir"):
             setattr(opts, key, value)
+        elif key == "parallel":
+            opts.parallel = positive_int(key, value)
         elif key in FLAGS:
             if value.lower() not in TRUE + FALSE:
                 raise ConfigError(f"{key}={value!r} is not a boolean; allowed: true, false.")
@@ -91,9 +99,23 @@ def parse_args(argv: list[str]) -> Options:
             )
         else:
             opts.extra.append(token)
+    if opts.parallel > 1 and opts.stream:
+        raise ConfigError(
+            f"stream=true shows one run's output on the terminal, but parallel={opts.parallel} runs several at "
+            "once; drop one of them (with parallel, each run's output is in its launch.seed<k>.log)."
+        )
     if opts.table is None or (opts.paper is None and not is_file(opts.table)):
         raise ConfigError("paper= and table= are required; run `vitlab-reproduce` alone to list the tables.")
     return opts
+
+
+def positive_int(key: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(
+            f"{key}={value!r} must be a whole number of runs to keep going side by side, at least 1 (e.g. "
+            f"{key}=2 on a 2-core machine: each run then gets one core)."
+        )
+    return int(value)
 
 
 def is_file(table: str) -> bool:
@@ -137,7 +159,8 @@ def run_prepare(spec: TableSpec, opts: Options, extra: list[str], td: Path) -> s
 
 
 def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: bool) -> None:
-    """Launch every unfinished seed group as one multirun, checking first that its overrides compose."""
+    """Launch every unfinished seed group as one multirun, checking first that its overrides compose; with
+    `parallel=N`, every seed as its own launch, N side by side (so the workers stay busy to the end)."""
     jobs = spec.jobs(opts.scale, extra)
     todo, done = pending_jobs(jobs, td)
     counts = statuses(jobs, td)
@@ -146,33 +169,58 @@ def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: 
         for k, label in (("unfinished", "continue in place"), ("stale", "stale"), ("running", "running elsewhere"))
         if counts[k]
     )
+    side = f", {opts.parallel} side by side" if opts.parallel > 1 else ""
     print(f"{spec.key} at scale={opts.scale}: {len(jobs)} runs, {len(done)} already finished (skipped), "
-          f"{len(todo)} to run{notes} in {td}")  # fmt: skip
-    groups = group_jobs(todo)
-    for i, (group, members) in enumerate(groups.items(), 1):
+          f"{len(todo)} to run{notes}{side} in {td}")  # fmt: skip
+    threads = threads_per_launch(opts)
+    units: list[tuple[str, list[Job], Launch]] = []
+    for group, members in group_jobs(todo).items():
         wandb_args = group_overrides(members[0].row, group) if wandb else []
-        (command,) = multirun_commands(members, td)  # a group differs only in its seed: one multirun
-        args = command + wandb_args
-        launch = Launch(args, td / group / "launch.log")
-        if opts.dry_run:
-            print(shell_line(args))
-            continue
-        for job in members:
-            if (moved := archive(job, td)) is not None and moved.name.split(".")[-1].startswith("stale"):
+        for job in [] if opts.dry_run else members:  # a dry run moves nothing
+            moved = archive(job, td)
+            if moved is not None and moved.name.split(".")[-1].startswith("stale"):
                 print(f"{job.id}: made with other overrides than the table's row; kept as {moved.name}, re-run")
-        print(f"[{i}/{len(groups)}] {group}  seeds {','.join(str(j.seed) for j in members)} ...", end=" ", flush=True)
-        error = compose_error(config_dir(), [*members[0].overrides, *wandb_args])
+        error = None if opts.dry_run else compose_error(config_dir(), [*members[0].overrides, *wandb_args])
         if error is not None:
             for job in members:
                 record_failure(job, td, error)
-            print(f"failed: {error}")
+            print(f"{group}: failed: {error}")
             continue
-        _, seconds = launch.run(opts.stream)
+        parts = [[job] for job in members] if opts.parallel > 1 else [members]
+        for part in parts:
+            (command,) = multirun_commands(part, td)  # a group differs only in its seed: one multirun
+            log = "launch.log" if opts.parallel == 1 else f"launch.seed{part[0].seed}.log"
+            units.append((group, part, Launch(command + wandb_args, td / group / log, threads)))
+    if opts.dry_run:
+        for *_, launch in units:
+            print(shell_line(launch.args))
+        return
+
+    def started(index: int) -> None:
+        group, members, _ = units[index]
+        seeds = ",".join(str(j.seed) for j in members)
+        print(f"[{index + 1}/{len(units)}] {group}  seed{'s' * (len(members) > 1)} {seeds} started", flush=True)
+
+    def finished(index: int, code: int, seconds: float) -> None:
+        group, members, launch = units[index]
         counts = statuses(members, td)
-        failed = (
-            f", {len(members) - counts['ok']} not finished (log: {launch.log})" if counts["ok"] < len(members) else ""
-        )
-        print(f"ok {counts['ok']}/{len(members)}{failed} · {seconds:.0f} s")
+        missing = len(members) - counts["ok"]
+        failed = f", {missing} not finished (log: {launch.log})" if missing else ""
+        seeds = ",".join(str(j.seed) for j in members)
+        print(f"[{index + 1}/{len(units)}] {group}  seed{'s' * (len(members) > 1)} {seeds}: ok {counts['ok']}/"
+              f"{len(members)}{failed} · {seconds:.0f} s", flush=True)  # fmt: skip
+
+    run_side_by_side([launch for *_, launch in units], opts.parallel, opts.stream, started, finished)
+
+
+def threads_per_launch(opts: Options) -> int | None:
+    """With `parallel=N` on the local launcher, each run gets an equal share of this machine's cores (unless
+    OMP_NUM_THREADS is set already): N processes of 1 thread beat 1 process of N threads on small models."""
+    if opts.parallel == 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    if any(override_key(o) == "hydra/launcher" for o in opts.extra):
+        return None  # the launcher places the runs (a cluster): this machine's cores say nothing
+    return max(1, len(os.sched_getaffinity(0)) // opts.parallel)
 
 
 def fail_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, error: str) -> None:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,45 +66,85 @@ def record_failure(job: Job, table_dir: Path, error: str) -> None:
 
 @dataclass
 class Launch:
-    """One `vitlab-train -m` subprocess; `log` collects its output unless it streams to the terminal."""
+    """One `vitlab-train -m` subprocess; `log` collects its output unless it streams to the terminal.
+    `threads` caps the child's intra-op threads (`OMP_NUM_THREADS`), for runs that share the CPU."""
 
     args: list[str]
     log: Path
+    threads: int | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "vitlab.cli.train", "-m", *self.args]
 
-    def run(self, stream: bool = False) -> tuple[int, float]:
-        """Run to the end; (exit code, seconds). A non-zero exit is expected when a job failed.
-
-        The child runs in its own session and every interrupt this process receives (Ctrl+C, SIGTERM,
-        SIGUSR1/2) is passed on to it once, so it writes its checkpoint and stops; then `Interrupted` is
-        raised here, and re-running the same command continues the table where it stopped."""
+    def start(self, stream: bool = False) -> subprocess.Popen:
+        """Start the child in its own session (so a terminal's Ctrl+C reaches it only through us, once)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        start = time.time()
-        received: list[int] = []
-        with open(self.log, "a") as out:
+        if self.threads is not None:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        with open(self.log, "a") as out:  # the child keeps its own copy of the descriptor
             out.write(f"\n$ {' '.join(self.command())}\n")
             out.flush()
             target = None if stream else out
-            proc = subprocess.Popen(self.command(), stdout=target, stderr=subprocess.STDOUT if target else None,
+            return subprocess.Popen(self.command(), stdout=target, stderr=subprocess.STDOUT if target else None,
                                     env=env, start_new_session=True)  # fmt: skip
 
-            def forward(signum: int, frame: object) -> None:
-                received.append(signum)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signum)
+    def run(self, stream: bool = False) -> tuple[int, float]:
+        """Run to the end; (exit code, seconds). A non-zero exit is expected when a job failed.
 
-            previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
-            try:
-                code = proc.wait()
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-        if received:
-            raise Interrupted(received[0], code)
-        return code, time.time() - start
+        Every interrupt this process receives (Ctrl+C, SIGTERM, SIGUSR1/2) is passed on to the child once, so
+        it writes its checkpoint and stops; then `Interrupted` is raised here, and re-running the same
+        command continues the table where it stopped."""
+        return run_side_by_side([self], 1, stream)[0]
+
+
+def run_side_by_side(
+    launches: Sequence[Launch],
+    width: int,
+    stream: bool = False,
+    started: Callable[[int], None] | None = None,
+    finished: Callable[[int, int, float], None] | None = None,
+) -> list[tuple[int, float]]:
+    """Run `launches` with at most `width` at a time, in order; (exit code, seconds) of each.
+
+    `started(index)` and `finished(index, code, seconds)` are called as each one starts and ends. An
+    interrupt is passed on to every running child; none is started after it, and `Interrupted` is raised
+    once the running ones have stopped."""
+    received: list[int] = []
+    running: dict[int, tuple[subprocess.Popen, float]] = {}
+    results: dict[int, tuple[int, float]] = {}
+    waiting = list(range(len(launches)))
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        for proc, _ in list(running.values()):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        while running or (waiting and not received):
+            while waiting and not received and len(running) < width:
+                index = waiting.pop(0)
+                running[index] = (launches[index].start(stream), time.time())
+                if started is not None:
+                    started(index)
+            for index, (proc, began) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del running[index]
+                results[index] = (code, time.time() - began)
+                if finished is not None:
+                    finished(index, *results[index])
+            if running:
+                time.sleep(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise Interrupted(received[0], next((code for code, _ in results.values() if code), 0))
+    return [results[i] for i in range(len(launches))]
 
 
 def group_jobs(jobs: Sequence[Job]) -> dict[str, list[Job]]:
