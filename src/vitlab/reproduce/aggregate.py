@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitlab.data.vtab_tasks import vtab_means
+from vitlab.reproduce.convergence import run_late_gain
 from vitlab.reproduce.jobs import Job, read_results
 from vitlab.reproduce.spec import MACS_KEYS, PARAMS_KEYS, RowSpec, TableSpec
 
 CellStatus = Literal["ok", "partial", "failed", "missing", "not_implemented"]
 COST_KEYS = (*PARAMS_KEYS, *MACS_KEYS, "cost/peak_mem_mb", "cost/train_img_per_s")
+LATE_GAIN = "val/late_gain"  # the rise of val/acc over the last quarter of epochs (reproduce/convergence.py)
 
 
 @dataclass
@@ -154,7 +156,8 @@ def _summary_cells(spec: TableSpec, row: RowSpec, scale: str, cells: dict[str, C
 
 def collect(spec: TableSpec, scale: str, table_dir: Path | str) -> list[RowResult]:
     """Per row and data set: mean, std, n ok / failed (first error), paper number and difference; summary
-    columns; cost means (params, MACs per image under `spec.macs_key`, peak memory, training images/s)."""
+    columns; cost means (params, MACs per image under `spec.macs_key`, peak memory, training images/s) and
+    the mean late rise of val/acc (`LATE_GAIN`: did the row converge)."""
     runs: dict[tuple[str, str], Runs] = {}
     for job in spec.jobs(scale):
         record = read_results(job.results_path(table_dir))
@@ -179,5 +182,7 @@ def collect(spec: TableSpec, scale: str, table_dir: Path | str) -> list[RowResul
         for key in COST_KEYS:
             values = [v for r in records if (v := _metric(r, key)) is not None]
             cost[key] = statistics.mean(values) if values else None
+        gains = [g for r in records if r.get("run_dir") and (g := run_late_gain(r["run_dir"])) is not None]
+        cost[LATE_GAIN] = statistics.mean(gains) if gains else None
         results.append(RowResult(row, scale, {**cells, **summary}, cost))
     return results

@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 from vitlab.extras import is_installed, missing_extra_message
-from vitlab.reproduce.aggregate import Cell, RowResult
+from vitlab.reproduce.aggregate import LATE_GAIN, Cell, RowResult
+from vitlab.reproduce.convergence import STILL_RISING, converged_text
 from vitlab.reproduce.spec import PARAMS_KEYS, TableSpec
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _grid(results: list[RowResult], spec: TableSpec) -> tuple[list[str], list[li
         header += [_label(spec, c)] + ([spec.paper_label, "Δ"] if has_paper[c] else [])
     header += ["Trainable (no head)", "Params"] + ([f"Params ({spec.paper_label})"] if paper_params else [])
     header += ["MACs/img"] + ([f"MACs ({spec.paper_label})"] if paper_macs else [])
-    header += ["Peak mem (MB)", "Train img/s"] + (["Selected"] if selected else []) + ["Note"]
+    header += ["Peak mem (MB)", "Train img/s", "Converged"] + (["Selected"] if selected else []) + ["Note"]
     rows = []
     for r in results:
         line = [r.label]
@@ -99,7 +100,7 @@ def _grid(results: list[RowResult], spec: TableSpec) -> tuple[list[str], list[li
         line += [_count(r.row.params_paper)] if paper_params else []
         line += [_count(r.cost.get(spec.macs_key))] + ([_count(r.row.macs_paper)] if paper_macs else [])
         mem, speed = r.cost.get("cost/peak_mem_mb"), r.cost.get("cost/train_img_per_s")
-        line += [_num(mem, 0), _num(speed, 0)]
+        line += [_num(mem, 0), _num(speed, 0), converged_text(r.cost.get(LATE_GAIN), spec.unit_factor)]
         line += ["; ".join(f"{c.column}: {c.selected}" for c in r.cells.values() if c.selected)] if selected else []
         line += [f"not implemented: {r.row.needs}" if r.row.needs else (r.row.note or "")]
         rows.append(line)
@@ -154,7 +155,9 @@ def render_markdown(results: list[RowResult], spec: TableSpec) -> str:
     if detail:
         lines += ["", "## Per task", "", *table(*detail, "---:|")]
     lines += ["", "`–` no result yet · `failed` every run failed · `(k/n)` only k of n seeds (or data sets) finished"
-              " · `*` the paper's mean recomputed over the same data sets as ours · Δ = ours − paper"]  # fmt: skip
+              " · `*` the paper's mean recomputed over the same data sets as ours · Δ = ours − paper"
+              f" · Converged: `no` when val/acc still rose by {100 * STILL_RISING:.0f} point or more from the third to"
+              " the last quarter of the epochs (the rise in brackets, mean over the row's runs)"]  # fmt: skip
     failures = _failures(results)
     if failures:
         lines += ["", "## Failures", "", *(f"- {f}" for f in failures)]
@@ -163,8 +166,8 @@ def render_markdown(results: list[RowResult], spec: TableSpec) -> str:
 
 CSV_FIELDS = ["paper", "table", "scale", "row", "label", "column", "kind", "status", "mean", "std", "n_ok",
               "n_failed", "n_expected", "paper_value", "diff", "paper_subset", "selected", *PARAMS_KEYS,
-              "params_paper", "macs_per_image", "macs_paper", "peak_mem_mb", "train_img_per_s", "needs",
-              "error"]  # fmt: skip
+              "params_paper", "macs_per_image", "macs_paper", "peak_mem_mb", "train_img_per_s", "val_late_gain",
+              "needs", "error"]  # fmt: skip
 
 
 def _csv_record(spec: TableSpec, r: RowResult, c: Cell) -> dict[str, object]:
@@ -174,7 +177,8 @@ def _csv_record(spec: TableSpec, r: RowResult, c: Cell) -> dict[str, object]:
             "paper_subset": c.paper_subset, "selected": c.selected, **{k: r.cost.get(k) for k in PARAMS_KEYS},
             "params_paper": r.row.params_paper, "macs_per_image": r.cost.get(spec.macs_key),
             "macs_paper": r.row.macs_paper, "peak_mem_mb": r.cost.get("cost/peak_mem_mb"),
-            "train_img_per_s": r.cost.get("cost/train_img_per_s"), "needs": r.row.needs,
+            "train_img_per_s": r.cost.get("cost/train_img_per_s"), "val_late_gain": r.cost.get(LATE_GAIN),
+            "needs": r.row.needs,
             "error": c.error}  # fmt: skip
 
 
