@@ -17,7 +17,7 @@ Options: `stream=true` shows the training output instead of writing it to `<grou
 `parallel=N` runs N seeds side by side, each with 1/N of the cores (local launcher; `make reproduce` uses 2);
 `out_dir=<dir>` (default `<paths.log_dir>/tables`); `table=<path>.yaml` runs a table definition of your own.
 Every other `key=value` is a `vitlab-train` override passed to every run (e.g. `trainer.accelerator=gpu`,
-`hydra/launcher=joblib`), except the keys a table owns (`RESERVED`: seeds, run directories, the sweeper).
+`hydra/launcher=submitit_slurm`), except the keys a table owns (`RESERVED`: seeds, run directories, the sweeper).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Running a table's jobs: check that each group composes, launch it as a Hydra multirun, record what failed.
 
-Every group of seeds is one `vitlab-train -m` subprocess, so whatever launcher the overrides pick (the local
-one, `hydra/launcher=joblib`, `hydra/launcher=submitit_slurm`) runs it, and a crash in one group cannot take
-the table down. `vitlab-train` writes each job's `results.json` itself, failures included; a group whose
-overrides do not even compose never starts, so its jobs get a failed `results.json` here instead, which
-the table shows and the next run retries.
+Every group of seeds is one `vitlab-train -m` subprocess (with `parallel=N`, every seed, N side by side), so
+whatever launcher the overrides pick (the local one, `hydra/launcher=submitit_local|submitit_slurm`) runs it,
+and a crash in one group cannot take the table down. `vitlab-train` writes each job's `results.json` itself,
+failures included; a group whose overrides do not even compose never starts, so its jobs get a failed
+`results.json` here instead, which the table shows and the next run retries.
 """
 
 from __future__ import annotations
