@@ -41,10 +41,12 @@ bench: install ## benchmarks (~30 min on 2 cores): mixers vs length, EIT presets
 gpu-check: install ## every GPU path on one GPU (~8 min) -> outputs/gpu_check/report.md; without CUDA: says so, exits 0
 	$(BIN)/python scripts/gpu_check.py $(ARGS)
 
-reproduce: install ## paper tables: the three CPU mini tables (~40 min) -> outputs/tables/; one table: ARGS="paper=eit table=imagenet scale=full"
+# make reproduce runs this many training runs side by side, each with its share of the cores
+PARALLEL ?= 2
+reproduce: install ## paper tables: the three CPU mini tables (~1 h on 2 cores) -> outputs/tables/; one table: ARGS="paper=eit table=imagenet scale=full"
 	@if [ -n "$(ARGS)" ]; then $(BIN)/vitlab-reproduce $(ARGS); else \
 	  for t in "vix mini_digits" "eit mini_digits" "ode mini_digits_transfer"; do set -- $$t; \
-	    $(BIN)/vitlab-reproduce paper=$$1 table=$$2 scale=mini || exit 1; done; fi
+	    $(BIN)/vitlab-reproduce paper=$$1 table=$$2 scale=mini parallel=$(PARALLEL) || exit 1; done; fi
 
 lint: install ## ruff check + format check + the import contracts of pyproject.toml (layers)
 	$(BIN)/ruff check src tests scripts configs
