@@ -220,7 +220,8 @@ def threads_per_launch(opts: Options) -> int | None:
         return None
     if any(override_key(o) == "hydra/launcher" for o in opts.extra):
         return None  # the launcher places the runs (a cluster): this machine's cores say nothing
-    return max(1, len(os.sched_getaffinity(0)) // opts.parallel)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
+    return max(1, cores // opts.parallel)
 
 
 def fail_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, error: str) -> None:
