@@ -199,10 +199,10 @@ def test_overhead_report_states_both_ratios_by_wall_clock_and_cpu_time() -> None
 
 @pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_overhead_per_step_runs_vitlab_and_the_bare_loop_on_the_same_model(tmp_path) -> None:
-    from vitlab.bench.compose import compose_train
     from vitlab.bench.overhead import measure_per_step
+    from vitlab.compose import compose_config
 
-    cfg = compose_train([*TINY, f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
+    cfg = compose_config("train", [*TINY, f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
     record = measure_per_step(cfg, rounds=1, steps=2, warmup_steps=1)
     assert record["batch"] == 64 and len(record["samples"]["vitlab"]) == len(record["samples"]["bare"]) == 1
     assert record["vitlab_wall"].median > 0 and record["bare_cpu"].median > 0 and record["ratio_cpu"].median > 0

@@ -95,9 +95,9 @@ def reference_of(name: str) -> str | None:
 
 def mixer_config(entry: Entry, extra: Sequence[str] = ()) -> DictConfig:
     """`model.mixer` of the training config composed with `model/mixer=<entry.mixer>` and the overrides."""
-    from vitlab.bench.compose import compose_train
+    from vitlab.compose import compose_config
 
-    return compose_train([f"model/mixer={entry.mixer}", *entry.overrides, *extra]).model.mixer
+    return compose_config("train", [f"model/mixer={entry.mixer}", *entry.overrides, *extra]).model.mixer
 
 
 def build_layer(name: str, geo: TokenGeometry, extra: Sequence[str] = ()) -> nn.Module:

@@ -246,7 +246,7 @@ def run(cfg: Any, out_dir: Path) -> Path:
     """`vitlab-bench overhead`: both measurements, `<out_dir>/overhead.{json,md}`; returns the .md path."""
     import json
 
-    from vitlab.bench.compose import compose_train
+    from vitlab.compose import compose_config
     from vitlab.bench.env import environment, header
 
     opts = cfg.overhead
@@ -259,7 +259,7 @@ def run(cfg: Any, out_dir: Path) -> Path:
     per_step = None
     if opts.per_step:
         with tempfile.TemporaryDirectory(prefix="vitlab_overhead_") as tmp:
-            train_cfg = compose_train([*overrides, f"paths.log_dir={tmp}", f"paths.output_dir={tmp}"])
+            train_cfg = compose_config("train", [*overrides, f"paths.log_dir={tmp}", f"paths.output_dir={tmp}"])
             per_step = measure_per_step(train_cfg, rounds, int(opts.steps), int(opts.warmup_steps))
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"env": env, "train_overrides": overrides, "rounds": rounds}

@@ -40,7 +40,7 @@ def build_variant(name: str, opts: dict) -> nn.Module:
     random: timing does not depend on them)."""
     from hydra.utils import instantiate
 
-    from vitlab.bench.compose import compose_train
+    from vitlab.compose import compose_config
 
     methods = opts["methods"]
     if name not in methods:
@@ -48,7 +48,7 @@ def build_variant(name: str, opts: dict) -> nn.Module:
             f"transfer.variants: {name!r} is not a variant; allowed: {', '.join(methods)} (transfer.methods)."
         )
     base = [f"model/backbone={opts['backbone']}", "~model/stem", f"data.img_size={opts['img_size']}"]
-    cfg = compose_train([*base, *opts["model_overrides"], *methods[name]])
+    cfg = compose_config("train", [*base, *opts["model_overrides"], *methods[name]])
     return instantiate(cfg.model, num_classes=int(opts["num_classes"]))
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from vitlab.compose import compose_config, compose_error
 from vitlab.configs import config_dir
 from vitlab.errors import ConfigError
 from vitlab.extras import check_argv
@@ -46,8 +47,6 @@ from vitlab.reproduce.jobs import (
 from vitlab.reproduce.launch import (
     Interrupted,
     Launch,
-    compose_error,
-    compose_train,
     group_jobs,
     record_failure,
     run_side_by_side,
@@ -180,7 +179,7 @@ def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: 
             moved = archive(job, td)
             if moved is not None and moved.name.split(".")[-1].startswith("stale"):
                 print(f"{job.id}: made with other overrides than the table's row; kept as {moved.name}, re-run")
-        error = None if opts.dry_run else compose_error(config_dir(), [*members[0].overrides, *wandb_args])
+        error = None if opts.dry_run else compose_error("train", [*members[0].overrides, *wandb_args])
         if error is not None:
             for job in members:
                 record_failure(job, td, error)
@@ -235,7 +234,7 @@ def fail_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, error:
 def reproduce(opts: Options) -> int:
     spec = resolve(opts)
     try:
-        base = compose_train(config_dir(), opts.extra)
+        base = compose_config("train", opts.extra)
     except Exception as exc:
         raise ConfigError(f"the overrides {' '.join(opts.extra)!r} do not compose with the train config: "
                           f"{' '.join(str(exc).split())}") from exc  # fmt: skip

@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from vitlab.reproduce.jobs import Job, job_status
 from vitlab.runs.files import write_json
 
@@ -33,25 +31,6 @@ class Interrupted(Exception):
     def __init__(self, signum: int, code: int) -> None:
         self.signum, self.code = signum, code
         super().__init__(f"interrupted by {signal.Signals(signum).name} (the running job exited with {code})")
-
-
-def compose_train(config_root: str, overrides: Sequence[str]) -> DictConfig:
-    """Hydra's own composition of the train config (raises what `vitlab-train` would raise at start)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_root, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def compose_error(config_root: str, overrides: Sequence[str]) -> str | None:
-    """None when `overrides` compose; else the error in one line (what a failed cell shows)."""
-    try:
-        compose_train(config_root, overrides)
-    except Exception as exc:  # any composition error makes the whole group unrunnable
-        return f"the overrides do not compose: {type(exc).__name__}: {' '.join(str(exc).split())}"
-    return None
 
 
 def record_failure(job: Job, table_dir: Path, error: str) -> None:
