@@ -246,8 +246,8 @@ def run(cfg: Any, out_dir: Path) -> Path:
     """`vitlab-bench overhead`: both measurements, `<out_dir>/overhead.{json,md}`; returns the .md path."""
     import json
 
-    from vitlab.compose import compose_config
     from vitlab.bench.env import environment, header
+    from vitlab.compose import compose_config
 
     opts = cfg.overhead
     overrides = [str(o) for o in opts.train_overrides]

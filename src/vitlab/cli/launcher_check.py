@@ -11,7 +11,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from vitlab.cli.show_hydra import MULTIRUN_FLAGS, composed_overrides
-from vitlab.configs import CONFIG_MODULE
+from vitlab.compose import compose_config
 from vitlab.errors import ConfigError, find_config_error
 
 
@@ -19,14 +19,11 @@ def check_launcher(config_name: str, argv: list[str]) -> None:
     """Raise the `ConfigError` behind an unresolvable launcher setting of a multirun, if there is one."""
     if not any(flag in argv for flag in MULTIRUN_FLAGS):
         return
-    from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = composed_overrides(argv)
     try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name=config_name):
-            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        cfg = compose_config(config_name, composed_overrides(argv), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException):
         return  # a bad override: Hydra says it in its own words when it composes
     launcher = cfg.hydra.get("launcher") or {}

@@ -97,22 +97,16 @@ def _resumable_state(run_dir: Path, value: str) -> RunState:
 
 def log_dir_of(overrides: list[str]) -> Path:
     """`paths.log_dir` as the train config composes it with these overrides (configs/local/ included)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from vitlab.configs import config_dir
+    from vitlab.compose import compose_config
 
     plain = [o for o in overrides if not is_under(override_key(o), ("hydra",))]
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = compose("train", overrides=plain)
-        return Path(str(OmegaConf.select(cfg, "paths.log_dir")))
+        cfg = compose_config("train", plain)
     except Exception as exc:
         raise ConfigError(f"resume=auto: the overrides do not compose: {' '.join(str(exc).split())}") from exc
-    finally:
-        GlobalHydra.instance().clear()
+    return Path(str(OmegaConf.select(cfg, "paths.log_dir")))
 
 
 def newest_unfinished(log_dir: Path, overrides: list[str]) -> Path | None:

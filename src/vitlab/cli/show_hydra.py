@@ -14,7 +14,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from vitlab.configs import CONFIG_MODULE
+from vitlab.compose import compose_config
 
 CFG_FLAGS = ("--cfg", "-c")
 VALUE_FLAGS = (*CFG_FLAGS, "--package", "-p")  # flags followed by a value
@@ -65,12 +65,9 @@ def composed_overrides(argv: list[str]) -> list[str]:
 
 def resolved_hydra_yaml(config_name: str, overrides: list[str]) -> str:
     """The `hydra:` node as YAML, resolved in the context of the full config (`overrides` applied)."""
-    from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
 
-    # job_name: what Hydra derives from the entry point's module (train.py -> train), used in the log file name
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name=config_name):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    cfg = compose_config(config_name, overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # for ${hydra:...} interpolations
     OmegaConf.set_readonly(cfg.hydra, False)
     # what Hydra sets when a job starts: the job number (shown as the first job's, 0) and the run directory
