@@ -37,7 +37,7 @@ class CheckRunDirectory(Callback):
 
 def _check(run_dir: Path, key: str, finished_refused: bool) -> None:
     from vitlab.cli.validate import writable_dir
-    from vitlab.runs.state import results_status
+    from vitlab.runs.files import results_status
 
     if not writable_dir(run_dir):
         _refuse(

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from vitlab.errors import ConfigError
+from vitlab.runs.files import results_status
 from vitlab.runs.slurm_env import slurm_job_id
 from vitlab.runs.state import (
     MAY_CHANGE_ON_RESUME,
@@ -27,7 +28,6 @@ from vitlab.runs.state import (
     checkpoint_position,
     experiment_overrides,
     last_checkpoint,
-    results_status,
     same_experiment,
 )
 

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from vitlab.errors import ConfigError
+from vitlab.runs.files import results_status
 from vitlab.runs.state import (
     MAY_CHANGE_ON_RESUME,
     RUN_FILE,
@@ -22,7 +23,6 @@ from vitlab.runs.state import (
     is_running,
     is_under,
     override_key,
-    results_status,
     same_experiment,
 )
 

@@ -28,8 +28,8 @@ from vitlab.cli.in_place import ENV_RESUME, Attempt
 from vitlab.cli.slurm import requeue, should_requeue
 from vitlab.errors import find_config_error, unknown_key_error, user_message
 from vitlab.provenance import git_state
-from vitlab.runs.files import write_json
-from vitlab.runs.state import results_status, task_overrides
+from vitlab.runs.files import RESULTS_FILE, results_status, write_json
+from vitlab.runs.state import task_overrides
 from vitlab.runs.wandb_login import should_force_offline
 from vitlab.training.interrupts import StopNow, TrainingInterrupted, catch_interrupts, signal_name
 from vitlab.training.quiet import quiet_third_party
@@ -120,7 +120,7 @@ def run_task(
     is_rank_zero = rank_zero_only.rank == 0
     record: dict[str, Any] = {k: None for k in RESULT_KEYS}
     record.update(seed=cfg.get("seed"), overrides=task_overrides(), task=cfg.get("task_name"), **git_state())
-    results_path = out_dir / "results.json"
+    results_path = out_dir / RESULTS_FILE
     if is_rank_zero and results_path.exists() and (attempt is None or results_status(out_dir) == "ok"):
         raise SystemExit(f"vitlab: {results_path} already exists; refusing to overwrite a finished run.")
     exit_code, interrupt = 0, None

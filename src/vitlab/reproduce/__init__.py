@@ -15,7 +15,7 @@ shows failed and missing cells as such and never fills them in.
 from __future__ import annotations
 
 from vitlab.reproduce.aggregate import Cell, RowResult, collect
-from vitlab.reproduce.jobs import Job, archive, job_status, multirun_commands, pending_jobs, read_results
+from vitlab.reproduce.jobs import Job, archive, job_status, multirun_commands, pending_jobs
 from vitlab.reproduce.render import render_csv, render_latex, render_markdown, render_plot, write_all
 from vitlab.reproduce.table import (
     SCALES,
@@ -29,6 +29,7 @@ from vitlab.reproduce.table import (
     resolve_table,
     table_dir,
 )
+from vitlab.runs.files import read_results
 
 __all__ = [
     "SCALES",

@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 from vitlab.data.vtab_tasks import vtab_means
 from vitlab.reproduce.convergence import run_late_gain
-from vitlab.reproduce.jobs import Job, read_results
+from vitlab.reproduce.jobs import Job
 from vitlab.reproduce.spec import MACS_KEYS, PARAMS_KEYS, RowSpec, TableSpec
+from vitlab.runs.files import read_results
 
 CellStatus = Literal["ok", "partial", "failed", "missing", "not_implemented"]
 COST_KEYS = (*PARAMS_KEYS, *MACS_KEYS, "cost/peak_mem_mb", "cost/train_img_per_s")
@@ -160,7 +161,7 @@ def collect(spec: TableSpec, scale: str, table_dir: Path | str) -> list[RowResul
     the mean late rise of val/acc (`LATE_GAIN`: did the row converge)."""
     runs: dict[tuple[str, str], Runs] = {}
     for job in spec.jobs(scale):
-        record = read_results(job.results_path(table_dir))
+        record = read_results(job.run_dir(table_dir))
         runs.setdefault((job.row, job.dataset or ""), {}).setdefault(job.grid, []).append((job, record))
     results = []
     for row in spec.rows:

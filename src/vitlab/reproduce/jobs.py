@@ -10,14 +10,14 @@ the row was edited since), which then runs again.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from vitlab.runs.files import RESULTS_FILE, read_results
 from vitlab.runs.state import (
     MAY_CHANGE_ON_RESUME,
     RunState,
@@ -69,7 +69,7 @@ class Job:
         return Path(table_dir) / self.id
 
     def results_path(self, table_dir: Path | str) -> Path:
-        return self.run_dir(table_dir) / "results.json"
+        return self.run_dir(table_dir) / RESULTS_FILE
 
     def launch_overrides(self, table_dir: Path | str) -> list[str]:
         """Overrides for a single `vitlab-train` run: this job's own, its run directory, and the table's
@@ -86,25 +86,13 @@ def grid_dir(point: Sequence[tuple[str, str]]) -> str:
     return "+".join(_UNSAFE.sub("-", f"{k}_{v}") for k, v in point)
 
 
-def read_results(path: Path | str) -> dict[str, Any] | None:
-    """A `results.json` as a dict; None when absent. An unreadable file counts as a failed run."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return {"status": "failed", "error": f"unreadable results.json: {exc}"}
-    return record if isinstance(record, dict) else {"status": "failed", "error": "results.json is not an object"}
-
-
 def job_status(job: Job, table_dir: Path | str) -> Status:
     """ok / failed / missing / unfinished / stale (see the module docstring). A prepare job is ok exactly when
     the file it produces exists (a run that says ok but left no file counts as failed and runs again)."""
     if job.produces is not None and (Path(table_dir) / job.produces).exists():
         return "ok"
     run_dir = job.run_dir(table_dir)
-    record = read_results(job.results_path(table_dir))
+    record = read_results(job.run_dir(table_dir))
     state = RunState.read(run_dir)
     recorded = record.get("overrides") if record else None
     if recorded is None and state is not None:

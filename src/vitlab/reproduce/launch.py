@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitlab.reproduce.jobs import Job, job_status
-from vitlab.runs.files import write_json
+from vitlab.runs.files import RESULTS_FILE, write_json
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -38,7 +38,7 @@ def record_failure(job: Job, table_dir: Path, error: str) -> None:
     run_dir = job.run_dir(table_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
-        run_dir / "results.json",
+        run_dir / RESULTS_FILE,
         {"status": "failed", "error": error, "seed": job.seed, "overrides": list(job.overrides), "wall_s": 0.0},
     )
 

@@ -9,7 +9,6 @@ continued from, how it ended. `results.json` stays the run's one result, written
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -20,12 +19,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from vitlab.runs.files import read_json, write_json
 from vitlab.runs.slurm_env import slurm_job_id
 
 # what Hydra's override grammar accepts in an unquoted value (anything else is quoted)
 _HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+\-%*@?|]+")
 RUN_FILE = "run.json"
-RESULTS_FILE = "results.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 # overrides that say where and how a run executes or logs, not what it computes
@@ -107,29 +106,6 @@ def hydra_quote(path: Path | str) -> str:
     return "'" + body.replace("'", "\\'") + "\\" * 2 * (len(text) - len(body)) + "'"
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def results_status(run_dir: Path) -> str | None:
-    """`status` of the directory's results.json (`ok`, `failed`, `interrupted`), None when there is none."""
-    path = run_dir / RESULTS_FILE
-    if not path.is_file():
-        return None
-    record = read_json(path)
-    return str(record.get("status")) if record else "unreadable"
-
-
 def last_checkpoint(run_dir: Path) -> Path | None:
     path = run_dir / LAST_CHECKPOINT
     return path if path.is_file() else None
@@ -170,7 +146,7 @@ class RunState:
 
     def write(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / RUN_FILE, asdict(self))
+        write_json(run_dir / RUN_FILE, asdict(self))
 
     @property
     def resumed(self) -> int:

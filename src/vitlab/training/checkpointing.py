@@ -15,7 +15,6 @@ continue bit for bit.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,12 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
 from vitlab.errors import ConfigError
+from vitlab.runs.files import fsync_replace
 
 log = logging.getLogger("vitlab")
 
 LAST = "last.ckpt"
 STATE_KEY = "vitlab"  # what vitlab adds to a checkpoint (Lightning does not save `trainer.should_stop`)
-
-
-def fsync_replace(tmp: Path, target: Path) -> None:
-    """Make `tmp` durable, then atomically rename it to `target` (and make the rename durable)."""
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
-    try:
-        directory = os.open(target.parent, os.O_RDONLY)
-    except OSError:  # some file systems do not open directories; the rename is atomic regardless
-        return
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class StepBoundaries(Checkpoint):
