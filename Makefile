@@ -14,10 +14,15 @@ TEST_WORKERS ?= 2
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
+# pip prints only warnings and errors, and no "new pip available" notice. The one warning filtered is
+# setuptools' "Editable installation" notice (a folder named vitlab in the working directory would shadow an
+# editable install): information only, printed for every editable install whose packages are not all under src/.
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) install --upgrade pip
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning$${PYTHONWARNINGS:+,$$PYTHONWARNINGS}" \
+	  $(PIP) install -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install vitlab (again only when pyproject.toml changes)

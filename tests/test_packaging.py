@@ -38,6 +38,8 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=work,
     )
     assert build.returncode == 0, build.stderr[-3000:]
+    # `make install` prints no warning of ours: e.g. one per configs/ sub-folder "would be ignored" as a package
+    assert "BuildBackendWarning" not in build.stderr, build.stderr[-3000:]
     (wheel,) = work.glob("vitlab-*.whl")
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -79,6 +81,7 @@ def test_the_wheel_ships_the_configs_and_runs_outside_the_checkout(wheel_venv: P
     shipped = {p.relative_to(configs).as_posix() for p in Path(configs).rglob("*.yaml")}
     tracked = subprocess.run(["git", "ls-files", "configs"], capture_output=True, text=True, cwd=ROOT).stdout.split()
     assert {f.removeprefix("configs/") for f in tracked if f.endswith(".yaml")} <= shipped
+    assert "local/default.yaml" not in shipped  # a user's own machine settings (git-ignored) stay out
 
     run = _run(wheel_venv, ["vitlab-train", "debug=fdr", f"paths.log_dir={tmp_path / 'out'}"], tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
