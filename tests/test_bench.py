@@ -47,12 +47,13 @@ def test_interleaved_rounds_call_every_competitor_once_per_round_in_order() -> N
 
 
 def test_every_table_names_its_machine() -> None:
-    from vitlab.bench.env import cpu_model, environment, header
+    from vitlab.bench.env import environment, header
+    from vitlab.provenance import cpu_name
 
     env = environment("cpu", extra=("nystrom-attention",))
-    assert cpu_model() and env["cores"] >= 1 and env["torch_threads"] >= 1
+    assert cpu_name() and env["cores"] >= 1 and env["torch_threads"] >= 1
     assert env["versions"]["torch"] != "not installed" and "nystrom-attention" in env["versions"]
-    assert header(env).startswith(f"Machine: {cpu_model()}, ")
+    assert header(env).startswith(f"Machine: {cpu_name()}, ")
 
 
 def test_bench_layers_are_the_training_configs_mixers() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import subprocess
 from functools import lru_cache
 from importlib import metadata
@@ -19,10 +20,11 @@ UNTRACKED_HASH_LIMIT = 16 * 2**20
 PACKAGES = ("torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "vitlab")
 
 
-def package_versions() -> dict[str, str]:
-    """{"python": "3.11.7", "torch": "2.14.1", ...}; a package that is not installed reads "not installed"."""
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """{"python": "3.11.7", "torch": "2.14.1", ...} for `PACKAGES` and `extra` (e.g. a bench's reference
+    packages); a package that is not installed reads "not installed"."""
     versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in (*PACKAGES, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -30,12 +32,21 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+@lru_cache(maxsize=1)
 def cpu_name() -> str:
-    """The CPU model as the kernel reports it (e.g. "AMD EPYC 7B13"), else the platform's processor name."""
+    """The CPU model: `lscpu`'s model name (a VM may say only "AMD EPYC"), else /proc/cpuinfo's, else the
+    platform's processor name. One answer for results.json and every bench table, so both name a machine alike."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={"LC_ALL": "C"}).stdout
+        found = re.search(r"^Model name:\s*(.+)$", out, re.MULTILINE)
+        if found:
+            return found.group(1).strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        if found:
+            return found.group(1).strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()

@@ -1,61 +1,28 @@
 """What every benchmark table is printed with: the machine (CPU model, cores, threads, load), the device and
 the library versions. Absolute timings differ between machines of the same kind (2.4× was seen between two
-2-core AMD EPYC VMs), so a table without its machine cannot be compared with anything."""
+2-core AMD EPYC VMs), so a table without its machine cannot be compared with anything. The CPU name and the
+versions are `vitlab.provenance`'s, the same a run records in its results.json."""
 
 from __future__ import annotations
 
 import os
-import platform
-import re
-import subprocess
-from functools import lru_cache
-from importlib import metadata
 
-PACKAGES = ("torch", "timm", "pytorch_lightning", "vitlab")
-
-
-@lru_cache(maxsize=1)
-def cpu_model() -> str:
-    """`lscpu`'s model name (a VM may say only "AMD EPYC"), else /proc/cpuinfo's, else the platform's."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={"LC_ALL": "C"}).stdout
-        found = re.search(r"^Model name:\s*(.+)$", out, re.MULTILINE)
-        if found:
-            return found.group(1).strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
-        if found:
-            return found.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
-    """Installed versions of the libraries a timing depends on (`extra`: e.g. the reference packages)."""
-    found = {}
-    for name in (*PACKAGES, *extra):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+from vitlab.provenance import cpu_name, package_versions
 
 
 def environment(device: str = "cpu", extra: tuple[str, ...] = ()) -> dict:
-    """The facts a timing needs beside it (also stored in the benches' JSON files)."""
+    """The facts a timing needs beside it (also stored in the benches' JSON files); `extra`: more packages whose
+    versions matter (e.g. the reference implementations a bench compares against)."""
     import torch
 
+    versions = package_versions(extra)
     env = {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_avg_1min": round(os.getloadavg()[0], 2),  # > cores: other jobs shared the CPU while measuring
-        "python": platform.python_version(),
-        "versions": versions(extra),
+        "python": versions.pop("python"),
+        "versions": versions,
         "device": device,
     }
     if device.startswith("cuda") and torch.cuda.is_available():

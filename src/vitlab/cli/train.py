@@ -10,7 +10,6 @@ vitlab-train ckpt_path=<a checkpoint>         # a new run, warm-started from a c
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -207,6 +206,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         run_task,
     )
     from vitlab.cli.slurm import match_threads_to_allocation
+    from vitlab.runs.files import read_results
     from vitlab.runs.state import task_overrides
 
     configure_wandb(cfg)
@@ -219,9 +219,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             report(str(exc), user_error=True)
             raise SystemExit(2) from None
         log.info("%s: finished earlier, skipped", cfg.paths.output_dir)  # a sweep run again in its directory
-        return json.loads((Path(cfg.paths.output_dir) / "results.json").read_text()).get(
-            cfg.get("optimized_metric") or "val/acc"
-        )
+        return (read_results(cfg.paths.output_dir) or {}).get(cfg.get("optimized_metric") or "val/acc")
     except ConfigError as exc:
         Failures.count += 1
         report(str(exc), user_error=True)
