@@ -2,8 +2,12 @@
 # One-node SLURM cluster on this machine, for tests and CI (Debian/Ubuntu, as root, no systemd needed).
 #   scripts/slurm_local.sh start    install slurm-wlm + munge if missing, write /etc/slurm/slurm.conf,
 #                                   start munged/slurmctld/slurmd, wait until the node is idle (idempotent)
-#   scripts/slurm_local.sh stop     stop slurmd, slurmctld, munged (fine if they are not running)
+#   scripts/slurm_local.sh stop [DAEMON...]   stop slurmd, slurmctld, munged, or only the daemons named
+#                                   (fine if they are not running)
+#   scripts/slurm_local.sh running  print the daemons of the three that run (e.g. "munged slurmctld slurmd")
 #   scripts/slurm_local.sh status   exit 0 when the cluster accepts jobs (node idle/mixed/allocated)
+# Whoever starts it stops what it started, not what ran before: tests/test_slurm.py and .ci/run compare
+# `running` before `start` with `running` at the end and `stop` the difference.
 # Partition `debug` (default, no time limit), one node with all CPUs (CR_Core: one job per core), no
 # accounting (sacct does not work), no cgroups. Logs: /var/log/slurm/{slurmctld,slurmd}.log.
 # KillWait=10 s; a requeued job may start again ~11 s after it ends (AuthInfo=cred_expire=10, Slurm's
@@ -146,15 +150,26 @@ start() {
     "($(sinfo -h -n "$(node_name)" -o '%c CPUs, %m MB'), $(node_state))"
 }
 
-stop() {
-  stop_pidfile "$SLURMD_PID" slurmd
-  stop_pidfile "$CTLD_PID" slurmctld
-  stop_pidfile "$MUNGE_PID" munged
+stop() {   # stop [DAEMON...]: slurmd before slurmctld before munged, whichever order they are named in
+  local want=" ${*:-slurmd slurmctld munged} " d
+  for d in "$@"; do [[ $d =~ ^(munged|slurmctld|slurmd)$ ]] || die "stop: unknown daemon '$d'"; done
+  if [[ $want == *" slurmd "* ]]; then stop_pidfile "$SLURMD_PID" slurmd; fi
+  if [[ $want == *" slurmctld "* ]]; then stop_pidfile "$CTLD_PID" slurmctld; fi
+  if [[ $want == *" munged "* ]]; then stop_pidfile "$MUNGE_PID" munged; fi
+}
+
+running_daemons() {
+  local up=()
+  if running "$MUNGE_PID"; then up+=(munged); fi
+  if running "$CTLD_PID"; then up+=(slurmctld); fi
+  if running "$SLURMD_PID"; then up+=(slurmd); fi
+  echo "${up[*]}"
 }
 
 case ${1:-} in
   start) start ;;
-  stop) stop ;;
+  stop) shift; stop "$@" ;;
+  running) running_daemons ;;
   status) command -v sinfo >/dev/null && running "$CTLD_PID" && running "$SLURMD_PID" && accepts_jobs ;;
-  *) echo "usage: $0 {start|stop|status}" >&2; exit 2 ;;
+  *) echo "usage: $0 {start|stop [munged|slurmctld|slurmd]...|running|status}" >&2; exit 2 ;;
 esac

@@ -25,16 +25,40 @@ pytestmark = pytest.mark.slurm
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 
 
+ASK = "VITLAB_TEST_SLURM"
+
+
+def local_slurm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
-def slurm() -> None:
-    """The local cluster: already running (CI starts it), or started here when we may; else a clear skip."""
-    if shutil.which("sbatch") and subprocess.run([str(SCRIPT), "status"], capture_output=True).returncode == 0:
+def slurm() -> Iterator[None]:
+    """A SLURM that accepts jobs. One already running (CI starts it) is used and left running. Otherwise only
+    when asked (VITLAB_TEST_SLURM=1, as root) a one-node SLURM is installed (apt) and started here, and the
+    daemons started here are stopped when these tests end. Else the tests are skipped, with the reason: the
+    suite changes nothing on the machine unasked."""
+    if shutil.which("sbatch") and local_slurm("status").returncode == 0:
+        yield
         return
+    if os.environ.get(ASK) != "1":
+        pytest.skip(
+            f"no SLURM accepts jobs here; {ASK}=1 (as root) lets the tests install slurm-wlm + munge (apt), start "
+            "a one-node SLURM on localhost and stop it afterwards, or start one: `sudo scripts/slurm_local.sh start`"
+        )
     if os.geteuid() != 0:
-        pytest.skip("no SLURM running and not root: start one with `sudo scripts/slurm_local.sh start`")
-    started = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=600)
-    if started.returncode != 0:
-        pytest.skip(f"the local SLURM could not start: {started.stderr.strip()[-500:]}")
+        pytest.fail(f"{ASK}=1 but not root: the local SLURM needs root (`sudo scripts/slurm_local.sh start`)")
+    before = set(local_slurm("running").stdout.split())
+    try:
+        started = local_slurm("start", timeout=600)
+        if started.returncode != 0:
+            pytest.fail(f"{ASK}=1 but the local SLURM could not start: {started.stderr.strip()[-500:]}")
+        yield
+    finally:  # what ran before stays; also after a start that failed half-way
+        ours = [d for d in local_slurm("running").stdout.split() if d not in before]
+        if ours:
+            stopped = local_slurm("stop", *ours)
+            assert stopped.returncode == 0, f"could not stop {ours}: {stopped.stderr}"
 
 
 @pytest.fixture
