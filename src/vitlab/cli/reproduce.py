@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from vitlab.compose import compose_config, compose_error
 from vitlab.configs import config_dir
@@ -231,13 +231,20 @@ def fail_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, error:
         record_failure(job, td, error)
 
 
-def reproduce(opts: Options) -> int:
-    spec = resolve(opts)
+def base_config(spec: TableSpec, opts: Options) -> DictConfig:
+    """The config of the table's first run (so `data.root=...` meets the table's data config, not the default
+    digits), with the command line's overrides: where the runs go and whether they log to W&B come from it."""
+    jobs = [*spec.prepare_jobs(opts.scale, opts.extra), *spec.jobs(opts.scale, opts.extra)]
     try:
-        base = compose_config("train", opts.extra)
+        return compose_config("train", list(jobs[0].overrides) if jobs else opts.extra)
     except Exception as exc:
         raise ConfigError(f"the overrides {' '.join(opts.extra)!r} do not compose with the train config: "
                           f"{' '.join(str(exc).split())}") from exc  # fmt: skip
+
+
+def reproduce(opts: Options) -> int:
+    spec = resolve(opts)
+    base = base_config(spec, opts)
     log_dir = Path(str(OmegaConf.select(base, "paths.log_dir")))  # whatever set it: CLI, local/, root_dir
     td = table_dir(log_dir, spec, opts.scale)
     wandb = uses_wandb(base)
