@@ -156,8 +156,9 @@ def test_randaugment_posterize_at_full_magnitude_gives_a_black_image_not_a_crash
     """`inc1` policies keep 0 bits at magnitude 10 (reached by `mstd` noise); Pillow >= 13 refuses 0 bits."""
     from timm.data.auto_augment import NAME_TO_OP, rand_augment_transform
 
-    import vitlab.data.transforms  # noqa: F401  (installs the fix into timm's op table)
+    from vitlab.data.transforms import build_transform
 
+    build_transform(8, True, (0.5,) * 3, (0.5,) * 3, {"randaugment": "rand-m10-n1-inc1"})  # installs the fix
     img = Image.new("RGB", (8, 8), (200, 120, 40))
     assert np.asarray(NAME_TO_OP["PosterizeIncreasing"](img, 0)).max() == 0
     assert np.asarray(NAME_TO_OP["Posterize"](img, 4)).tolist() == np.asarray(img).__and__(0xF0).tolist()

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import vitlab.cli.resolvers  # noqa: F401  (registers ${vitlab.*} resolvers before Hydra composes)
 from vitlab.cli.checkpoint import read_checkpoint
-from vitlab.cli.runner import Failures, configure_wandb, pin_run_dir_for_ddp, run_task
+from vitlab.cli.runner import configure_wandb, pin_run_dir_for_ddp, run_task
 from vitlab.cli.slurm import match_threads_to_allocation
 from vitlab.cli.validate import check_config
 from vitlab.configs import CONFIG_PATH
@@ -85,17 +85,26 @@ def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
         print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def eval_job(cfg: DictConfig, failures: list[str]) -> float | None:
+    """One job of `vitlab-eval`: its test accuracy; a failed job's run directory is added to `failures`."""
     configure_wandb(cfg)
     pin_run_dir_for_ddp()
     match_threads_to_allocation()
-    return run_task(cfg, evaluate).get("test/acc")
+    record = run_task(cfg, evaluate)
+    if record.get("status") == "failed":
+        failures.append(str(cfg.paths.output_dir))
+    return record.get("test/acc")
 
 
 def main() -> None:
+    failures: list[str] = []  # this command's failed jobs (a multirun goes on past them, then exits 1)
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+    def _hydra_main(cfg: DictConfig) -> float | None:
+        return eval_job(cfg, failures)
+
     _hydra_main()
-    if Failures.count:
+    if failures:
         raise SystemExit(1)
 
 

@@ -56,12 +56,6 @@ RESULT_KEYS = (
 )
 
 
-class Failures:
-    """Jobs of this process that failed (a multirun exits non-zero at the end if there was any)."""
-
-    count = 0
-
-
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -140,7 +134,6 @@ def run_task(
         print(f"\nvitlab: {exc}\n", file=sys.stderr)
     except Exception as exc:  # record every failure; re-raise below unless the sweep must go on
         exit_code = 1
-        Failures.count += 1
         user_error = find_config_error(exc) or unknown_key_error(exc, cfg)
         record["status"] = "failed"
         record["error"] = user_message(user_error) if user_error else f"{type(exc).__name__}: {exc}"

@@ -55,7 +55,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
     from pytorch_lightning import seed_everything
 
-    from vitlab.data.corrupt import CheckedImageFolder
+    from vitlab.data.corrupt import skipped_files
     from vitlab.models.summary import param_counts
     from vitlab.provenance import provenance
     from vitlab.training.components import (
@@ -72,7 +72,6 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     from vitlab.training.interrupts import InterruptGuard, raise_if_interrupted
 
     check_config(cfg)  # types and ranges first: nothing is built from a value that cannot work
-    CheckedImageFolder.skipped.value = 0  # this run's count (a sweep runs many in one process)
     seed_everything(cfg.seed, workers=True)
     check_resume(cfg)
     if cfg.get("test_checkpoint", "best") not in ("best", "last"):  # fail before training, not after
@@ -109,8 +108,9 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     if export is not None and trainer.is_global_zero:
         export_backbone(module.model, export)
         record["exported_weights"] = str(export)
-    if CheckedImageFolder.skipped.value:
-        record["data/skipped_corrupt"] = CheckedImageFolder.skipped.value
+    skipped = skipped_files(datamodule.train_set, datamodule.val_set, datamodule.test_set)
+    if skipped:  # this run's data sets only (a sweep runs many in one process)
+        record["data/skipped_corrupt"] = skipped
     update_wandb_summary(trainer, record)
     if trainer.is_global_zero and record.get("test/acc") is not None:
         print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
@@ -194,11 +194,11 @@ def _best_val(trainer: Any) -> float | None:
     return float(value) if value is not None else None
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
+    """One job of `vitlab-train` (the only one, or one of a multirun): its metric for a sweeper; a failed job's
+    run directory is added to `failures` (this command's list: a multirun goes on, then exits non-zero)."""
     from vitlab.cli.in_place import RunFinished, apply_attempt, open_attempt
     from vitlab.cli.runner import (
-        Failures,
         configure_wandb,
         is_multirun,
         pin_run_dir_for_ddp,
@@ -221,13 +221,15 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         log.info("%s: finished earlier, skipped", cfg.paths.output_dir)  # a sweep run again in its directory
         return (read_results(cfg.paths.output_dir) or {}).get(cfg.get("optimized_metric") or "val/acc")
     except ConfigError as exc:
-        Failures.count += 1
+        failures.append(str(cfg.paths.output_dir))
         report(str(exc), user_error=True)
         if not is_multirun():
             raise SystemExit(2) from None
         return None
     apply_attempt(cfg, attempt)
     record = run_task(cfg, train, attempt)
+    if record.get("status") == "failed":
+        failures.append(str(cfg.paths.output_dir))
     return record.get(cfg.get("optimized_metric") or "val/acc")
 
 
@@ -249,9 +251,14 @@ def main() -> None:
             raise SystemExit(2) from None
     if show_resolved_hydra("train", sys.argv[1:]):  # Hydra's own cannot resolve ${paths.log_dir} there
         return
+    failures: list[str] = []  # this command's failed jobs, from its own jobs only
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+    def _hydra_main(cfg: DictConfig) -> float | None:
+        return train_job(cfg, failures)
+
     _hydra_main()
-    runner = sys.modules.get("vitlab.cli.runner")  # not imported: no task ran (--help, --cfg, --info)
-    if runner is not None and runner.Failures.count:
+    if failures:
         raise SystemExit(1)
 
 

@@ -21,8 +21,16 @@ def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> I
 
 
 _timm_posterize = auto_augment.posterize
-for _op in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-    auto_augment.NAME_TO_OP[_op] = _posterize_any_bits  # read when a policy is built, i.e. after this import
+POSTERIZE_OPS = ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")
+
+
+def use_posterize_any_bits() -> None:
+    """Let timm's RandAugment posterize to 0 bits (`_posterize_any_bits`). timm reads `NAME_TO_OP` when a
+    policy is built, so this runs where vitlab builds a transform, not when a module is imported: importing
+    vitlab leaves timm as it is."""
+    for op in POSTERIZE_OPS:
+        auto_augment.NAME_TO_OP[op] = _posterize_any_bits
+
 
 # Defaults of `data.augment` for natural-image data sets; every key can be overridden from the CLI.
 DEFAULT_AUGMENT: dict[str, Any] = {
@@ -62,6 +70,8 @@ def build_transform(
     unknown = sorted(set(opts) - set(DEFAULT_AUGMENT))
     if unknown:
         raise ConfigError(f"data.augment has unknown keys {unknown}; allowed: {sorted(DEFAULT_AUGMENT)}.")
+    if opts["randaugment"]:
+        use_posterize_any_bits()
     return create_transform(
         input_size=img_size,
         is_training=True,
