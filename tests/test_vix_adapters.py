@@ -17,8 +17,8 @@ from vitlab.models.backbone import create_backbone
 from vitlab.models.geometry import TokenGeometry, geometry_of
 from vitlab.models.stems.conv import ConvStem, default_strides
 
-MIXERS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs/model/mixer").glob("*.yaml"))
-POSITIONS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs/model/pos_embed").glob("*.yaml"))
+MIXERS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs/model/mixer").glob("[!_]*.yaml"))
+POSITIONS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs/model/pos_embed").glob("[!_]*.yaml"))
 NO_QK = {"fnet", "mlp_mixer", "eit"}  # mixers that refuse RoPE
 SMALL = [  # 16 px, patch 4: 16 patches + class token, dim 32, 2 blocks, 2 heads of 16
     "data.img_size=16",
