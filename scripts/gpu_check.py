@@ -39,9 +39,10 @@ GPU = ["trainer=gpu"]
 
 
 def cli(name: str) -> list[str]:
-    """A vitlab entry point next to this interpreter, else the module (a checkout run without install)."""
-    script = Path(sys.executable).with_name(f"vitlab-{name}")
-    return [str(script)] if script.exists() else [sys.executable, "-m", f"vitlab.cli.{name}"]
+    """The installed vitlab entry point `vitlab-<name>`."""
+    from vitlab.console import console_script
+
+    return console_script(f"vitlab-{name}")
 
 
 @dataclass

@@ -19,10 +19,11 @@ from PIL import Image
 from conftest import TINY, compose_cfg, run_cli
 from vitlab.cli.checkpoint import read_checkpoint
 from vitlab.cli.hydra_callbacks import CheckRunDirectory
+from vitlab.cli.unknown_keys import unknown_key_error
 from vitlab.cli.validate import RULES, check_config
 from vitlab.data.corrupt import skipped_files
 from vitlab.data.imagefolder import ImageFolderDataModule
-from vitlab.errors import ConfigError, unknown_key_error
+from vitlab.errors import ConfigError
 from vitlab.models.backbone import create_backbone
 from vitlab.models.weights import read_state_dict
 

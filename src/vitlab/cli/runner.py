@@ -26,7 +26,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from vitlab.cli.in_place import ENV_RESUME, Attempt
 from vitlab.cli.slurm import requeue, should_requeue
-from vitlab.errors import find_config_error, unknown_key_error, user_message
+from vitlab.cli.unknown_keys import unknown_key_error
+from vitlab.errors import find_config_error, user_message
 from vitlab.provenance import git_state
 from vitlab.runs.files import RESULTS_FILE, results_status, write_json
 from vitlab.runs.state import task_overrides

@@ -13,12 +13,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitlab.console import console_script
 from vitlab.reproduce.jobs import Job, job_status
 from vitlab.runs.files import RESULTS_FILE, write_json
 
@@ -53,7 +53,7 @@ class Launch:
     threads: int | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "vitlab.cli.train", "-m", *self.args]
+        return [*console_script("vitlab-train"), "-m", *self.args]
 
     def start(self, stream: bool = False) -> subprocess.Popen:
         """Start the child in its own session (so a terminal's Ctrl+C reaches it only through us, once)."""
