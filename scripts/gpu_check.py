@@ -90,7 +90,7 @@ def markdown_file(name: str) -> Callable[[Path], str]:
 
 def checks() -> list[Check]:
     train, bench = cli("train"), cli("bench")
-    preset = [*bench, "model", "data.img_size=224", "model_bench.device=cuda", "model_bench.batch=64"]
+    preset = [*bench, "model", "data.img_size=224", "model_bench.device=cuda", "model_bench.batch_size=64"]
     presets = " && ".join(
         shlex.join([*preset, f"model={m}", f"out_dir={OUT}/eit_presets"])
         for m in ("eit_mini", "eit_tiny", "eit_base", "eit_large")

@@ -25,7 +25,7 @@ def test_report_compares_with_the_reference_package_per_round_and_with_naive_sof
     ]
     env = {"cpu": "AMD EPYC", "cores": 2, "torch_threads": 2, "load_avg_1min": 3.5, "python": "3.11"}
     env |= {"versions": {"torch": "2.x"}, "device": "cpu"}
-    table = render_markdown(results, {"batch": 8, "dim": 128, "heads": 4, "device": "cpu", "rounds": 3}, env)
+    table = render_markdown(results, {"batch_size": 8, "dim": 128, "heads": 4, "device": "cpu", "rounds": 3}, env)
     assert table.startswith("Machine: AMD EPYC, 2 cores, 2 torch threads, load average 3.5")
     assert "Fewer than 7 rounds" in table
     nystrom_row = next(line for line in table.splitlines() if line.startswith("| nystrom |"))
@@ -40,7 +40,8 @@ def test_interleaved_rounds_call_every_competitor_once_per_round_in_order() -> N
     from vitlab.bench.rounds import Spread, interleave, ratios
 
     calls = []
-    samples = interleave({"a": lambda: calls.append("a") or 2.0, "b": lambda: calls.append("b") or 1.0}, 3, warmup=1)
+    competitors = {"a": lambda: calls.append("a") or 2.0, "b": lambda: calls.append("b") or 1.0}
+    samples = interleave(competitors, 3, untimed_rounds=1)
     assert calls == ["a", "b"] * 4 and samples == {"a": [2.0] * 3, "b": [1.0] * 3}
     assert ratios([3.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == Spread(3.0, 2.0, 3.0)
     assert Spread.of([1.0, 5.0, 2.0]).fmt(".1f", " s") == "2.0 s (1.0–5.0)"
@@ -78,8 +79,8 @@ def test_bench_cli_writes_table_json_and_plot(tmp_path) -> None:
         "attention.seq_lens=[17,33]",
         "attention.entries=[softmax_naive,nystrom,nystrom_ref]",
         "attention.rounds=1",
-        "attention.warmup=0",
-        "attention.batch=2",
+        "attention.untimed_rounds=0",
+        "attention.batch_size=2",
         f"out_dir={tmp_path}",
     ]
     proc = run_bench(*args)
@@ -108,9 +109,9 @@ def test_model_bench_reports_params_macs_and_throughput(tmp_path) -> None:
         "model=eit_cifar",
         "data.img_size=32",
         "num_classes=10",
-        "model_bench.batch=2",
+        "model_bench.batch_size=2",
         "model_bench.steps=1",
-        "model_bench.warmup=0",
+        "model_bench.untimed_steps=0",
         f"out_dir={tmp_path}",
     ]
     proc = run_bench(*args)
@@ -127,10 +128,10 @@ def test_transfer_report_gives_each_variants_overhead_against_its_baseline() -> 
     record = {
         "backbone": "vit_base_patch16_224",
         "img_size": 224,
-        "batch": 4,
+        "batch_size": 4,
         "rounds": 7,
         "device": "cpu",
-        "head_batch": 256,
+        "head_batch_size": 256,
         "step_ms": {"head_only": 500.0, "reference": 1000.0, "step_scalar": 1020.0, "memory_ode": 510.0},
         "trainable_no_head": {"head_only": 0, "reference": 0, "step_scalar": 24, "memory_ode": 0},
         "head_ms": {"linear": 0.5, "memory_ode": 2.0},
@@ -147,7 +148,7 @@ def test_transfer_bench_cli_times_every_variant_on_a_tiny_vit(tmp_path) -> None:
     sizes = ("model.backbone.patch_size=4", "+model.backbone.embed_dim=32", "+model.backbone.depth=2")
     tiny = "[" + ",".join(f"'{s}'" for s in (*sizes, "+model.backbone.num_heads=2")) + "]"  # vit_base has no such keys
     args = ["transfer", "transfer.img_size=16", f"transfer.model_overrides={tiny}", "transfer.rounds=1"]
-    proc = run_bench(*args, "transfer.warmup=0", "transfer.head_batch=8", f"out_dir={tmp_path}")
+    proc = run_bench(*args, "transfer.untimed_rounds=0", "transfer.head_batch_size=8", f"out_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "transfer.json").read_text())
     assert set(record["step_ms"]) == {
@@ -185,7 +186,7 @@ def test_overhead_report_states_both_ratios_by_wall_clock_and_cpu_time() -> None
         {"first_step": [(13.0, 9.0), (12.0, 8.0)], "import": [(10.0, 7.5), (10.0, 8.0)]}, "first_step", "import"
     )
     per_step = summarise({"bare": [(1.0, 0.98), (1.0, 0.99)], "vitlab": [(1.0, 1.0), (1.25, 1.0)]}, "bare", "vitlab")
-    text = render_markdown(startup, per_step | {"batch": 64}, 2, "Machine: test")
+    text = render_markdown(startup, per_step | {"batch_size": 64}, 2, "Machine: test")
     assert text.startswith("Machine: test")
     # per-round ratios: wall 1.3 and 1.2, CPU 1.2 and 1.0
     rows = {line.split(" |")[0]: line for line in text.splitlines() if line.startswith("| **")}
@@ -204,8 +205,8 @@ def test_overhead_per_step_runs_vitlab_and_the_bare_loop_on_the_same_model(tmp_p
     from vitlab.compose import compose_config
 
     cfg = compose_config("train", [*TINY, f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
-    record = measure_per_step(cfg, rounds=1, steps=2, warmup_steps=1)
-    assert record["batch"] == 64 and len(record["samples"]["vitlab"]) == len(record["samples"]["bare"]) == 1
+    record = measure_per_step(cfg, rounds=1, steps=2, untimed_steps=1)
+    assert record["batch_size"] == 64 and len(record["samples"]["vitlab"]) == len(record["samples"]["bare"]) == 1
     assert record["vitlab_wall"].median > 0 and record["bare_cpu"].median > 0 and record["ratio_cpu"].median > 0
 
 
@@ -225,7 +226,7 @@ def test_compile_report_gives_speedup_and_break_even() -> None:
 
     record = {"eager_img_s": Spread(100.0, 90.0, 110.0), "compiled_img_s": Spread(150.0, 140.0, 160.0)}
     record |= {"speedup": Spread(1.5, 1.4, 1.6), "compile_s": 60.0, "break_even_steps": 180}
-    record |= {"batch": 64, "backend": "inductor"}
+    record |= {"batch_size": 64, "backend": "inductor"}
     text = render_markdown(record, "default", 32, 7, "cpu", "Machine: test")
     assert (
         "| default | 100.0 (90.0–110.0) | 150.0 (140.0–160.0) | 1.50× (1.40–1.60) | 60 s | pays off after ~180 steps |"
@@ -236,7 +237,7 @@ def test_compile_report_gives_speedup_and_break_even() -> None:
 def test_transfer_overhead_is_the_ratio_within_each_round() -> None:
     from vitlab.bench.transfer import render_markdown
 
-    record = {"backbone": "vit", "img_size": 224, "batch": 4, "rounds": 3, "device": "cpu", "head_batch": 8}
+    record = {"backbone": "vit", "img_size": 224, "batch_size": 4, "rounds": 3, "device": "cpu", "head_batch_size": 8}
     record |= {"step_ms": {"reference": 100.0, "step_scalar": 110.0}, "trainable_no_head": {"reference": 0}}
     record["trainable_no_head"]["step_scalar"] = 24
     record["step_rounds_ms"] = {"reference": [100.0, 200.0, 100.0], "step_scalar": [110.0, 200.0, 120.0]}

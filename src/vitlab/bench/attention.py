@@ -22,14 +22,14 @@ from vitlab.bench.layers import ENTRIES, REFERENCE_PACKAGES, reference_of
 from vitlab.bench.rounds import MIN_ROUNDS, Spread, ratios
 
 log = logging.getLogger("vitlab")
-SHAPE_KEYS = ("batch", "dim", "heads", "device")
+SHAPE_KEYS = ("batch_size", "dim", "heads", "device")
 
 
 def _worker(mode: str, entries: Sequence[str], seq_len: int, settings: dict, timeout: int) -> dict:
     cmd = [sys.executable, "-m", "vitlab.bench.worker", mode, "--entries", ",".join(entries), "--seq-len", str(seq_len)]
-    keys = (*SHAPE_KEYS, "rounds", "warmup") if mode == "time" else SHAPE_KEYS
+    keys = (*SHAPE_KEYS, "rounds", "untimed_rounds") if mode == "time" else SHAPE_KEYS
     for key in keys:
-        cmd += [f"--{key}", str(settings[key])]
+        cmd += [f"--{key.replace('_', '-')}", str(settings[key])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -118,7 +118,7 @@ def render_markdown(results: list[dict], settings: dict, env: dict | None = None
     few = f" Fewer than {MIN_ROUNDS} rounds: indicative only." if rounds and rounds < MIN_ROUNDS else ""
     lines = [header(env), ""] if env else []
     lines += [
-        f"One mixer layer, forward + backward: batch {settings.get('batch')}, dim {settings.get('dim')}, "
+        f"One mixer layer, forward + backward: batch {settings.get('batch_size')}, dim {settings.get('dim')}, "
         f"{settings.get('heads')} heads, fp32, device `{settings.get('device')}`. Time: median ms (min–max) of "
         f"{rounds} interleaved rounds in one process per length; memory: peak MB above the process baseline, one "
         f"fresh process per cell.{few}",
@@ -184,7 +184,7 @@ def plot(results: list[dict], path: Path, settings: dict) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7)
     fig.suptitle(
-        f"one mixer layer: batch {settings.get('batch')}, dim {settings.get('dim')}, "
+        f"one mixer layer: batch {settings.get('batch_size')}, dim {settings.get('dim')}, "
         f"{settings.get('heads')} heads, {settings.get('device')} (dashed: reference packages)",
         fontsize=9,
     )

@@ -37,13 +37,13 @@ def _train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Te
 
 
 def measure_compile(
-    model: nn.Module, img_size: int, batch: int, rounds: int, steps: int, device: str, backend: str = "inductor"
+    model: nn.Module, img_size: int, batch_size: int, rounds: int, steps: int, device: str, backend: str = "inductor"
 ) -> dict[str, Any]:
     eager = model.to(device).train()
     compiled = copy.deepcopy(eager)
     compiled.compile(backend=backend)
-    x = torch.randn(batch, 3, img_size, img_size, device=device)
-    y = torch.randint(0, 2, (batch,), device=device)
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    y = torch.randint(0, 2, (batch_size,), device=device)
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("eager", eager), ("compiled", compiled))}
     compile_s = _train_steps(compiled, opts["compiled"], x, y, 1)  # compiles forward and backward
     samples = interleave(
@@ -52,17 +52,17 @@ def measure_compile(
             "compiled": lambda: _train_steps(compiled, opts["compiled"], x, y, steps),
         },
         rounds=rounds,
-        warmup=1,
+        untimed_rounds=1,
     )
     per_step = {name: statistics.median(s) / steps for name, s in samples.items()}
     saved = per_step["eager"] - per_step["compiled"]
     return {
-        "eager_img_s": Spread.of([batch * steps / t for t in samples["eager"]]),
-        "compiled_img_s": Spread.of([batch * steps / t for t in samples["compiled"]]),
+        "eager_img_s": Spread.of([batch_size * steps / t for t in samples["eager"]]),
+        "compiled_img_s": Spread.of([batch_size * steps / t for t in samples["compiled"]]),
         "speedup": ratios(samples["eager"], samples["compiled"]),
         "compile_s": compile_s,
         "break_even_steps": round(compile_s / saved) if saved > 0 else None,
-        "batch": batch,
+        "batch_size": batch_size,
         "backend": backend,
     }
 
@@ -72,7 +72,7 @@ def render_markdown(record: dict[str, Any], name: str, img_size: int, rounds: in
     pays = f"pays off after ~{even:,} steps" if even else "never pays off here (not faster per step)"
     return (
         f"{header}\n\n"
-        f"`torch.compile` (backend {record['backend']}) on {name} at {img_size} px, batch {record['batch']}, "
+        f"`torch.compile` (backend {record['backend']}) on {name} at {img_size} px, batch {record['batch_size']}, "
         f"{device}; training img/s, median (min–max) of {rounds} interleaved rounds:\n\n"
         "| model | eager img/s | compiled img/s | speed-up (per round) | compile time | break-even |\n"
         "|---|---:|---:|---:|---:|---|\n"
@@ -95,7 +95,7 @@ def run(cfg: Any, out_dir: Path) -> Path:
     torch.manual_seed(0)
     model = instantiate(cfg.model, num_classes=int(opts.num_classes))
     img_size, rounds = int(cfg.data.img_size), int(opts.rounds)
-    record = measure_compile(model, img_size, int(opts.batch), rounds, int(opts.steps), device, str(opts.backend))
+    record = measure_compile(model, img_size, int(opts.batch_size), rounds, int(opts.steps), device, str(opts.backend))
     name = HydraConfig.get().runtime.choices.get("model", "model") if HydraConfig.initialized() else "model"
     env = environment(device)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,16 +15,19 @@ from vitlab.models.summary import param_counts
 from vitlab.training.cost import macs_breakdown
 
 
-def measure_model(model: nn.Module, img_size: int, batch: int, steps: int, warmup: int, device: str) -> dict:
+def measure_model(
+    model: nn.Module, img_size: int, batch_size: int, steps: int, untimed_steps: int, device: str
+) -> dict:
+    """Parameters, MACs and training images per second (`steps` timed after `untimed_steps` untimed ones)."""
     record = {**param_counts(model), "img_size": img_size}
     record.update({f"cost/{k}_per_image": v for k, v in macs_breakdown(model, img_size).items()})
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, img_size, img_size, device=device)
-    y = torch.randint(0, 2, (batch,), device=device)
-    times = [timed_train_step(model, optimizer, x, y, device) for _ in range(warmup + steps)][warmup:]
-    record["cost/train_img_per_s"] = round(batch * len(times) / sum(times), 2)
-    record.update({"batch": batch, "device": device})
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    y = torch.randint(0, 2, (batch_size,), device=device)
+    times = [timed_train_step(model, optimizer, x, y, device) for _ in range(untimed_steps + steps)][untimed_steps:]
+    record["cost/train_img_per_s"] = round(batch_size * len(times) / sum(times), 2)
+    record.update({"batch_size": batch_size, "device": device})
     return record
 
 
@@ -41,6 +44,6 @@ def write_report(record: dict, name: str, out_dir: Path) -> Path:
         "|---|---:|---:|---:|---:|---:|\n"
         f"| {name} @ {record['img_size']} px | {record['params/total']:,} | {record['params/trainable']:,} | "
         f"{record['cost/macs_per_image'] / 1e9:.3f} | {record['cost/macs_no_attn_per_image'] / 1e9:.3f} | "
-        f"{record['cost/train_img_per_s']:.1f} (batch {record['batch']}, {record['device']}) |\n"
+        f"{record['cost/train_img_per_s']:.1f} (batch {record['batch_size']}, {record['device']}) |\n"
     )
     return md

@@ -8,7 +8,7 @@ ratio command-to-first-step / import-time is taken within each round.
 Per step: one process, the same model and the same data loader, interleaved rounds of (a) a real vitlab fit
 (`build_trainer` with the run's callbacks and loggers) for a few steps and (b) a bare PyTorch loop (forward,
 loss, backward, AdamW step) on the trainer's device and in its mixed precision. The step time is the interval
-between consecutive step starts (the batch fetch included, the first `warmup_steps` dropped); the ratio
+between consecutive step starts (the batch fetch included, the first `untimed_steps` dropped); the ratio
 bare / vitlab per round is vitlab's relative throughput.
 """
 
@@ -135,19 +135,19 @@ def measure_startup(overrides: Sequence[str], rounds: int, timeout: float) -> di
                 "first_step": lambda: time_to_first_step(overrides, Path(tmp), timeout),
             },
             rounds=rounds,
-            warmup=1,  # the first launch also warms the page cache for both
+            untimed_rounds=1,  # the first launch also warms the page cache for both
         )
     return summarise(samples, "first_step", "import")
 
 
-def _step_time(stamps: list[tuple[float, float]], warmup_steps: int) -> tuple[float, float]:
-    """Median (wall, CPU) interval between consecutive step starts, the first `warmup_steps` dropped."""
-    walls = [b[0] - a[0] for a, b in itertools.pairwise(stamps)][warmup_steps:]
-    cpus = [b[1] - a[1] for a, b in itertools.pairwise(stamps)][warmup_steps:]
+def _step_time(stamps: list[tuple[float, float]], untimed_steps: int) -> tuple[float, float]:
+    """Median (wall, CPU) interval between consecutive step starts, the first `untimed_steps` dropped."""
+    walls = [b[0] - a[0] for a, b in itertools.pairwise(stamps)][untimed_steps:]
+    cpus = [b[1] - a[1] for a, b in itertools.pairwise(stamps)][untimed_steps:]
     return statistics.median(walls), statistics.median(cpus)
 
 
-def measure_per_step(cfg: Any, rounds: int, steps: int, warmup_steps: int) -> dict[str, Any]:
+def measure_per_step(cfg: Any, rounds: int, steps: int, untimed_steps: int) -> dict[str, Any]:
     """vitlab's fit against a bare loop on the same model and loader; `cfg`: a composed training config."""
     import torch
     from omegaconf import open_dict
@@ -157,7 +157,7 @@ def measure_per_step(cfg: Any, rounds: int, steps: int, warmup_steps: int) -> di
     from vitlab.training.determinism import StepSeeding
     from vitlab.training.interrupts import InterruptGuard
 
-    total = warmup_steps + steps + 1
+    total = untimed_steps + steps + 1
     with open_dict(cfg):
         cfg.trainer.max_steps = total
         cfg.trainer.limit_val_batches = 0  # per-step cost only: the bare loop validates neither
@@ -173,7 +173,7 @@ def measure_per_step(cfg: Any, rounds: int, steps: int, warmup_steps: int) -> di
         callbacks = [starts, CostMeter(img_size=int(cfg.data.img_size)), StepSeeding(cfg.seed), InterruptGuard()]
         trainer = build_trainer(cfg, extra_callbacks=callbacks)
         trainer.fit(module, datamodule=datamodule)
-        return _step_time(starts.starts, warmup_steps)
+        return _step_time(starts.starts, untimed_steps)
 
     device, amp_dtype = loop_device(cfg.trainer)
 
@@ -194,12 +194,12 @@ def measure_per_step(cfg: Any, rounds: int, steps: int, warmup_steps: int) -> di
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-        return _step_time(starts, warmup_steps)
+        return _step_time(starts, untimed_steps)
 
-    samples = interleave({"vitlab": vitlab_fit, "bare": bare_loop}, rounds=rounds, warmup=1)
+    samples = interleave({"vitlab": vitlab_fit, "bare": bare_loop}, rounds=rounds, untimed_rounds=1)
     batch = int(cfg.data.batch_size)
     # bare time / vitlab time = vitlab img/s / bare img/s, per round
-    return summarise(samples, "bare", "vitlab") | {"batch": batch}
+    return summarise(samples, "bare", "vitlab") | {"batch_size": batch}
 
 
 def render_markdown(startup: dict | None, per_step: dict | None, rounds: int, header: str) -> str:
@@ -221,7 +221,7 @@ def render_markdown(startup: dict | None, per_step: dict | None, rounds: int, he
             "",
         ]
     if per_step:
-        batch = per_step["batch"]
+        batch = per_step["batch_size"]
         lines += [
             f"Per step, same model and loader, batch {batch}, {rounds} interleaved rounds, median (min–max):",
             "",
@@ -260,7 +260,7 @@ def run(cfg: Any, out_dir: Path) -> Path:
     if opts.per_step:
         with tempfile.TemporaryDirectory(prefix="vitlab_overhead_") as tmp:
             train_cfg = compose_config("train", [*overrides, f"paths.log_dir={tmp}", f"paths.output_dir={tmp}"])
-            per_step = measure_per_step(train_cfg, rounds, int(opts.steps), int(opts.warmup_steps))
+            per_step = measure_per_step(train_cfg, rounds, int(opts.steps), int(opts.untimed_steps))
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"env": env, "train_overrides": overrides, "rounds": rounds}
     for name, part in (("startup", startup), ("per_step", per_step)):

@@ -33,14 +33,16 @@ class Spread:
         return {"median": self.median, "min": self.low, "max": self.high}
 
 
-def interleave(competitors: Mapping[str, Callable[[], float]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Call every competitor once per round (`warmup` untimed rounds first); each call returns its own
+def interleave(
+    competitors: Mapping[str, Callable[[], float]], rounds: int, untimed_rounds: int = 1
+) -> dict[str, list[float]]:
+    """Call every competitor once per round (`untimed_rounds` rounds first, not kept); each call returns its own
     measurement (seconds, or any figure), so what is timed stays the competitor's business."""
     samples: dict[str, list[float]] = {name: [] for name in competitors}
-    for r in range(warmup + rounds):
+    for r in range(untimed_rounds + rounds):
         for name, fn in competitors.items():
             value = fn()
-            if r >= warmup:
+            if r >= untimed_rounds:
                 samples[name].append(value)
     return samples
 

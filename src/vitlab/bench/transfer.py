@@ -11,7 +11,7 @@ the median, so drift in the machine's speed hits all alike.
   floor for any method that trains something inside the network.
 - `step_scalar` / `step_channel` / `step_dynamic`: learnable Euler step sizes (overhead vs `reference`).
 - `memory_ode`: frozen backbone with the memory-ODE head (vs `head_only`); `full`: full fine-tuning.
-The heads are also timed alone on pooled features (`head_batch` rows): linear vs memory-ODE.
+The heads are also timed alone on pooled features (`head_batch_size` rows): linear vs memory-ODE.
 """
 
 from __future__ import annotations
@@ -66,20 +66,21 @@ def timed_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tens
 
 
 def measure_variants(
-    models: dict[str, nn.Module], img_size: int, batch: int, rounds: int, warmup: int, device: str
+    models: dict[str, nn.Module], img_size: int, batch_size: int, rounds: int, untimed_rounds: int, device: str
 ) -> dict:
-    """Step times (ms) per variant and round, round-robin over `warmup + rounds` rounds (warmup dropped)."""
-    x = torch.randn(batch, 3, img_size, img_size, device=device)
-    y = torch.randint(0, 2, (batch,), device=device)
+    """Step times (ms) per variant and round, round-robin over `untimed_rounds + rounds` rounds (the
+    untimed ones dropped)."""
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    y = torch.randint(0, 2, (batch_size,), device=device)
     inputs = {name: x.clone().requires_grad_(name == INPUT_GRADIENT) for name in models}
     optimizers = {
         name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for name, m in models.items()
     }
     times: dict[str, list[float]] = {name: [] for name in models}
-    for r in range(warmup + rounds):
+    for r in range(untimed_rounds + rounds):
         for name, model in models.items():
             elapsed = timed_train_step(model, optimizers[name], inputs[name], y, device)
-            if r >= warmup:
+            if r >= untimed_rounds:
                 times[name].append(1e3 * elapsed)
     return times
 
@@ -111,7 +112,7 @@ def render_markdown(record: dict) -> str:
     lines = [header(record["env"]), ""] if "env" in record else []
     lines += [
         f"Training step (forward + backward + AdamW) of {record['backbone']} at {record['img_size']} px, batch "
-        f"{record['batch']}, {record['device']}; median of {record['rounds']} round-robin rounds; overheads are "
+        f"{record['batch_size']}, {record['device']}; median of {record['rounds']} round-robin rounds; overheads are "
         "ratios within each round, median (min–max).",
         "",
         "| variant | trainable (no head) | step (ms) | vs baseline |",
@@ -129,7 +130,7 @@ def render_markdown(record: dict) -> str:
     if heads:
         lines += [
             "",
-            f"Heads alone, forward + backward on {record['head_batch']} pooled features: linear "
+            f"Heads alone, forward + backward on {record['head_batch_size']} pooled features: linear "
             f"{heads['linear']:.2f} ms, memory-ODE (10 Euler steps) {heads['memory_ode']:.2f} ms "
             f"({heads['memory_ode'] / heads['linear']:.1f}×).",
         ]
@@ -140,15 +141,20 @@ def run(opts: dict, out_dir: Path) -> Path:
     """Build the variants, measure them, write `<out_dir>/transfer.{json,md}`; returns the .md path."""
     torch.manual_seed(0)
     models = {v: build_variant(v, opts).to(opts["device"]).train() for v in opts["variants"]}
-    record = {k: opts[k] for k in ("backbone", "img_size", "batch", "rounds", "device", "head_batch")}
+    record = {k: opts[k] for k in ("backbone", "img_size", "batch_size", "rounds", "device", "head_batch_size")}
     record["trainable_no_head"] = {v: param_counts(m)["params/trainable_no_head"] for v, m in models.items()}
     record["step_rounds_ms"] = measure_variants(
-        models, int(opts["img_size"]), int(opts["batch"]), int(opts["rounds"]), int(opts["warmup"]), opts["device"]
+        models,
+        int(opts["img_size"]),
+        int(opts["batch_size"]),
+        int(opts["rounds"]),
+        int(opts["untimed_rounds"]),
+        opts["device"],
     )
     record["step_ms"] = {name: statistics.median(t) for name, t in record["step_rounds_ms"].items()}
     geo = geometry_of(next(iter(models.values())).backbone)
     record["head_ms"] = measure_heads(
-        geo, int(opts["num_classes"]), int(opts["head_batch"]), int(opts["rounds"]), opts["device"]
+        geo, int(opts["num_classes"]), int(opts["head_batch_size"]), int(opts["rounds"]), opts["device"]
     )
     from vitlab.bench.env import environment
 

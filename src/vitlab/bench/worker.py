@@ -40,11 +40,11 @@ def geometry(seq_len: int, dim: int, heads: int) -> TokenGeometry:
     return geo
 
 
-def make_step(entry: str, seq_len: int, batch: int, dim: int, heads: int, device: str) -> Callable[[], float]:
+def make_step(entry: str, seq_len: int, batch_size: int, dim: int, heads: int, device: str) -> Callable[[], float]:
     """A callable running one forward+backward of the entry's layer; returns its duration in ms."""
     torch.manual_seed(0)
     layer = build_layer(entry, geometry(seq_len, dim, heads)).to(device)
-    x = torch.randn(batch, seq_len, dim, device=device, requires_grad=True)
+    x = torch.randn(batch_size, seq_len, dim, device=device, requires_grad=True)
     cuda = device.startswith("cuda")
 
     def step() -> float:
@@ -63,13 +63,20 @@ def make_step(entry: str, seq_len: int, batch: int, dim: int, heads: int, device
 
 
 def time_entries(
-    entries: list[str], seq_len: int, batch: int, dim: int, heads: int, device: str, rounds: int, warmup: int
+    entries: list[str],
+    seq_len: int,
+    batch_size: int,
+    dim: int,
+    heads: int,
+    device: str,
+    rounds: int,
+    untimed_rounds: int,
 ) -> dict:
     steps, errors, peaks = {}, {}, {}
     cuda = device.startswith("cuda")
     for name in entries:
         try:
-            step = make_step(name, seq_len, batch, dim, heads, device)
+            step = make_step(name, seq_len, batch_size, dim, heads, device)
             if cuda:  # CUDA's peak counter resets per entry: memory needs no process of its own there
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -82,13 +89,13 @@ def time_entries(
             errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
             if cuda:
                 torch.cuda.empty_cache()
-    samples = interleave(steps, rounds=rounds, warmup=warmup)
+    samples = interleave(steps, rounds=rounds, untimed_rounds=untimed_rounds)
     return {"seq_len": seq_len, "times_ms": samples, "errors": errors, "peak_mb": peaks}
 
 
-def memory_entry(entry: str, seq_len: int, batch: int, dim: int, heads: int, device: str) -> dict:
+def memory_entry(entry: str, seq_len: int, batch_size: int, dim: int, heads: int, device: str) -> dict:
     cuda = device.startswith("cuda")
-    step = make_step(entry, seq_len, batch, dim, heads, device)
+    step = make_step(entry, seq_len, batch_size, dim, heads, device)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -105,20 +112,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("mode", choices=("time", "memory"))
     p.add_argument("--entries", required=True, help="comma-separated; memory: exactly one")
     p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--untimed-rounds", type=int, default=2)
     a = p.parse_args(argv)
     entries = a.entries.split(",")
     unknown = sorted(set(entries) - set(ENTRIES))
     if unknown:
         p.error(f"unknown entries {unknown}; allowed: {', '.join(ENTRIES)}")
-    shape = (a.seq_len, a.batch, a.dim, a.heads, a.device)
+    shape = (a.seq_len, a.batch_size, a.dim, a.heads, a.device)
     if a.mode == "time":
-        result = time_entries(entries, *shape, rounds=a.rounds, warmup=a.warmup)
+        result = time_entries(entries, *shape, rounds=a.rounds, untimed_rounds=a.untimed_rounds)
     else:
         result = memory_entry(entries[0], *shape)
     print(json.dumps(result))

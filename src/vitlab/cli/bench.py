@@ -28,12 +28,18 @@ BENCHES = ("attention", "model", "transfer", "overhead", "compile")
 
 
 def run_bench(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from vitlab.config_names import upgrade_config
+
+    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    upgrade_config(cfg, given={o.lstrip("+~").partition("=")[0] for o in given})  # a user's own bench.yaml
     out_dir = Path(cfg.out_dir)
     if cfg.bench == "attention":
         from vitlab.bench.attention import run
 
         opts = cfg.attention
-        settings = {k: opts[k] for k in ("batch", "dim", "heads", "device", "rounds", "warmup")}
+        settings = {k: opts[k] for k in ("batch_size", "dim", "heads", "device", "rounds", "untimed_rounds")}
         run(list(opts.seq_lens), list(opts.entries), settings, out_dir, timeout=int(opts.timeout_s))
         print((out_dir / "attention.md").read_text())
         log.info("wrote %s/attention.md, .json and .png", out_dir)
@@ -46,7 +52,12 @@ def run_bench(cfg: DictConfig) -> None:
         model = instantiate(cfg.model, num_classes=int(cfg.num_classes))
         opts = cfg.model_bench
         record = measure_model(
-            model, int(cfg.data.img_size), int(opts.batch), int(opts.steps), int(opts.warmup), str(opts.device)
+            model,
+            int(cfg.data.img_size),
+            int(opts.batch_size),
+            int(opts.steps),
+            int(opts.untimed_steps),
+            str(opts.device),
         )
         choices = HydraConfig.get().runtime.choices
         name = choices.get("model", "model")
@@ -81,9 +92,17 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Allow `vitlab-bench attention ...` as sugar for `vitlab-bench bench=attention ...`."""
+    """Allow `vitlab-bench attention ...` as sugar for `vitlab-bench bench=attention ...`; a renamed key's old
+    spelling (`attention.batch=4`) is applied as its new one, with one deprecation line (vitlab.config_names)."""
+    from vitlab.config_names import upgrade_overrides
+
     if len(sys.argv) > 1 and not sys.argv[1].startswith("-") and "=" not in sys.argv[1]:
         sys.argv[1] = f"bench={sys.argv[1]}"
+    try:
+        sys.argv = [sys.argv[0], *upgrade_overrides(sys.argv[1:])]
+    except ConfigError as exc:
+        print(f"vitlab-bench: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     _main()
 
 
