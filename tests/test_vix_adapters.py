@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from rotary_embedding_torch import RotaryEmbedding
+from timm.layers import resample_abs_pos_embed
 
 from conftest import compose_cfg
 from vitlab.errors import ConfigError, find_config_error
@@ -119,8 +120,30 @@ def test_conv_stem_with_a_learned_position_embedding_at_any_image_size(img: int)
 
 
 def test_conv_stem_with_a_dynamic_image_size() -> None:
-    model = build(["model/stem=conv", "model.backbone.dynamic_img_size=true"]).eval()
-    assert model(torch.randn(1, 3, 24, 24)).shape == (1, 10)  # built for 16 px; pos_embed is resampled
+    """Built for 16 px with dynamic_img_size: at 16 px it is the static model; at 24 px it is the static 24 px
+    model with the same weights and the 4x4 position table resampled to 6x6 (timm's bicubic resampling).
+    Tolerance: 1e-5 relative (float32, same arithmetic in another order); the position table's own effect on
+    the logits is asserted to be far larger, so ignoring or mis-sizing it cannot pass."""
+    torch.manual_seed(0)
+    dynamic = build(["model/stem=conv", "model.backbone.dynamic_img_size=true"]).eval()
+    weights = dynamic.state_dict()
+    static16 = build(["model/stem=conv"]).eval()
+    static16.load_state_dict(weights)
+    static24 = build(["data.img_size=24", "model/stem=conv"]).eval()
+    pos = weights["backbone.pos_embed"]
+    resampled = resample_abs_pos_embed(pos, new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=1)
+    static24.load_state_dict({**weights, "backbone.pos_embed": resampled})
+
+    def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a - b).norm() / b.norm()).item()
+
+    x16, x24 = torch.randn(3, 3, 16, 16), torch.randn(3, 3, 24, 24)
+    with torch.no_grad():
+        assert relative(dynamic(x16), static16(x16)) < 1e-5
+        out, reference = dynamic(x24), static24(x24)
+        assert out.shape == (3, 10) and relative(out, reference) < 1e-5, relative(out, reference)
+        static24.backbone.pos_embed.copy_(torch.cat([pos[:, :1], pos[:, 1:].repeat(1, 3, 1)[:, :36]], 1))
+        assert relative(static24(x24), reference) > 1e-3  # another 6x6 table moves the logits 100x the tolerance
 
 
 # --- every mixer with every position option ----------------------------------------------------------------
