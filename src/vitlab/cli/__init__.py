@@ -1,1 +1,1 @@
-"""Command-line entry points (`vitlab-train`, `vitlab-eval`); the only code that reads argv or the environment."""
+"""Command-line entry points (`vitlab-train`, `-eval`, `-bench`, `-reproduce`); the only code that reads argv."""
