@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,11 +13,19 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from vitlab.config_names import deprecated
 from vitlab.data.base import ImageDataModule
 from vitlab.data.splits import stratified_split
 from vitlab.errors import ConfigError
 
-Augment = Literal["none", "light"]
+# `data.augment` of digits: a random affine map of the 8x8 strokes (the images are tensors, not PIL images, so
+# timm's transform and its keys do not apply); `none` (or null) trains on the images as they are.
+DIGITS_AUGMENT: dict[str, Any] = {
+    "rotate": 10.0,  # degrees, drawn from [-rotate, rotate]
+    "translate": 0.1,  # largest shift, a fraction of the side, horizontally and vertically
+    "zoom": (0.9, 1.1),  # scale factor range
+}
+_DEFAULT_AUGMENT = MappingProxyType(DIGITS_AUGMENT)
 
 
 class TensorImageDataset(Dataset):
@@ -43,13 +52,42 @@ def digits_images(img_size: int) -> tuple[Tensor, Tensor]:
     return x.expand(-1, 3, -1, -1).contiguous(), torch.tensor(data.target, dtype=torch.long)
 
 
+def digits_augment(augment: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
+    """The digits' augmentation options (`DIGITS_AUGMENT` completed by `augment`), or None for `none`/null."""
+    if augment is None or augment == "none":
+        return None
+    if augment == "light":
+        deprecated("data.augment=light", "data.augment={rotate: 10, translate: 0.1, zoom: [0.9, 1.1]} (the default)")
+        return dict(DIGITS_AUGMENT)
+    if not isinstance(augment, Mapping):
+        raise ConfigError(f"data.augment={augment!r}: give a mapping of {sorted(DIGITS_AUGMENT)} or 'none' for digits.")
+    unknown = sorted(set(augment) - set(DIGITS_AUGMENT))
+    if unknown:
+        raise ConfigError(f"data.augment has unknown keys {unknown} for digits; allowed: {sorted(DIGITS_AUGMENT)}.")
+    opts = {**DIGITS_AUGMENT, **augment}
+    zoom = opts["zoom"]
+    if not (
+        float(opts["rotate"]) >= 0
+        and 0 <= float(opts["translate"]) <= 1
+        and len(zoom) == 2
+        and 0 < float(zoom[0]) <= float(zoom[1])
+    ):
+        raise ConfigError(
+            f"data.augment={dict(opts)}: rotate must be >= 0 (degrees), translate in [0, 1] (a fraction of the "
+            "side), zoom two scale factors 0 < low <= high."
+        )
+    return opts
+
+
 class DigitsDataModule(ImageDataModule):
     """Digits with a fixed-seed stratified split (default 70/10/20 %: 1257/180/360 images).
 
     Args:
         val_fraction, test_fraction: shares of all images held out for validation and test.
         split_seed: seed of the split; independent of the training seed so every run sees the same test set.
-        augment: `light` adds small random rotations, shifts and scalings to training images; `none` disables.
+        augment: a mapping of `rotate`, `translate`, `zoom` (`DIGITS_AUGMENT`, the default, fills what is not
+            given): small random rotations, shifts and scalings of training images; `none` (or null): none.
+            `light` is the old name of the default (one deprecation line).
         classes: keep only these digits (relabelled 0..K-1 in the given order), e.g. [0, 1, 2, 3, 4] to
             pre-train and [5, 6, 7, 8, 9] to transfer; null keeps all ten.
         train_per_class: keep only this many training images per class (a few-shot transfer set, drawn with
@@ -65,13 +103,11 @@ class DigitsDataModule(ImageDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
-        augment: Augment = "light",
+        augment: Mapping[str, Any] | str | None = _DEFAULT_AUGMENT,
         classes: list[int] | None = None,
         train_per_class: int | None = None,
     ):
         super().__init__(batch_size, num_workers, img_size, pin_memory)
-        if augment not in ("none", "light"):
-            raise ConfigError(f"data.augment={augment!r} is not an option for digits; allowed: 'none', 'light'.")
         if min(val_fraction, test_fraction) <= 0 or val_fraction + test_fraction >= 1:
             raise ConfigError(
                 f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be positive and "
@@ -84,7 +120,7 @@ class DigitsDataModule(ImageDataModule):
         if train_per_class is not None and train_per_class < 1:
             raise ConfigError(f"data.train_per_class={train_per_class} must be a positive number (or null for all).")
         self.fractions = (val_fraction, test_fraction)
-        self.split_seed, self.augment = split_seed, augment
+        self.split_seed, self.augment = split_seed, digits_augment(augment)
         self.classes = list(classes) if classes is not None else list(range(10))
         self.train_per_class = train_per_class
 
@@ -122,8 +158,14 @@ class DigitsDataModule(ImageDataModule):
         for new, digit in enumerate(self.classes):
             labels[digits == digit] = new  # relabel the kept digits 0..K-1
         train_tf = None
-        if self.augment == "light":
-            train_tf = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=-1.0)
+        if self.augment is not None:
+            shift = float(self.augment["translate"])
+            train_tf = v2.RandomAffine(
+                degrees=float(self.augment["rotate"]),
+                translate=(shift, shift),
+                scale=tuple(float(z) for z in self.augment["zoom"]),
+                fill=-1.0,
+            )
         train, val, test = self.split_indices()
         return (
             TensorImageDataset(images[train], labels[train], train_tf),

@@ -10,8 +10,9 @@ Protocols (docs/papers/ode.md#vtab-1k-protocol):
            must not select checkpoints or hyper-parameters (use `test_checkpoint=last`; tune with `tune`).
            `final_val=val200` validates on the (seen) val200 instead: a cheap training curve, not a score.
 
-Preprocessing as FacT/NOAH: square bicubic resize to `img_size`, no augmentation, RGB. `normalize`: imagenet
-(FacT, NOAH), inception (mean = std = 0.5) or none (VPT, SSF feed [0, 1] pixels; see docs/papers/ode.md).
+Preprocessing as FacT/NOAH: square bicubic resize to `img_size`, no augmentation, RGB, normalised with `mean` and
+`std` as every image data set: ImageNet's (FacT, NOAH, the default), 0.5 and 0.5 (Inception), or 0 and 1 (none:
+VPT, SSF feed [0, 1] pixels; see docs/papers/ode.md). `NORMALIZE` names the three.
 Never downloaded; check a prepared folder with `python scripts/check_vtab.py <root>`.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
+from vitlab.config_names import deprecated
 from vitlab.data.base import ImageDataModule
 from vitlab.data.tiny_imagenet import LabelledFiles
 from vitlab.data.torchvision_sets import IMAGENET_MEAN, IMAGENET_STD
@@ -34,6 +36,7 @@ from vitlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# (mean, std) of the three conventions of the PEFT literature; `data.normalize=<name>` is their old spelling
 NORMALIZE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
@@ -71,6 +74,25 @@ def _check_choice(key: str, value: str, allowed: Sequence[str], what: str) -> No
         raise ConfigError(f"data.{key}={value!r} is not {what}; allowed: {', '.join(map(repr, allowed))}.")
 
 
+def _normalisation(
+    mean: Sequence[float], std: Sequence[float], normalize: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std); the deprecated `normalize` preset, when given, stands for them (one deprecation line)."""
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if normalize is None:
+        return mean, std
+    _check_choice("normalize", normalize, list(NORMALIZE), "a normalisation")
+    preset = NORMALIZE[normalize]
+    new = f"data.mean={list(preset[0])} data.std={list(preset[1])}"
+    deprecated(f"data.normalize={normalize}", new)
+    if (mean, std) not in (preset, (IMAGENET_MEAN, IMAGENET_STD)):
+        raise ConfigError(
+            f"data.normalize={normalize} (the old spelling of {new}) and data.mean={list(mean)} "
+            f"data.std={list(std)} are one setting with two values; give only data.mean and data.std."
+        )
+    return preset
+
+
 class VTAB1kDataModule(ImageDataModule):
     """One VTAB-1k task; `num_classes` is max label + 1 over its four list files.
 
@@ -78,7 +100,9 @@ class VTAB1kDataModule(ImageDataModule):
         root: the folder holding one sub-folder per task (`paths.data_dir/vtab-1k`).
         task: one of the 19 folder names (`vitlab.data.vtab_tasks.TASKS`).
         protocol: `tune` (train800 -> val200) or `final` (train800val200 -> test.txt); see the module docs.
-        normalize: `imagenet`, `inception` or `none`.
+        mean, std: per-channel normalisation (ImageNet's by default; `NORMALIZE` has the other conventions).
+        normalize: deprecated (goes in the next release): `imagenet`, `inception` or `none`, applied as `mean`
+            and `std` with one deprecation line; refused when `mean`/`std` are also set to other values.
         augment: `none` (the protocol) or a mapping of `data.augment` options (timm training transform).
         final_val: validation split of the `final` protocol: `test` (FacT) or `val200` (seen in training).
     """
@@ -92,7 +116,9 @@ class VTAB1kDataModule(ImageDataModule):
         num_workers: int = 4,
         img_size: int = 224,
         pin_memory: bool = True,
-        normalize: str = "imagenet",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        normalize: str | None = None,
         augment: Mapping[str, Any] | str | None = "none",
         final_val: str = "test",
     ) -> None:
@@ -104,7 +130,7 @@ class VTAB1kDataModule(ImageDataModule):
             )
         protocols = "a VTAB-1k protocol (tune: train800 -> val200; final: train800val200 -> test.txt)"
         _check_choice("protocol", protocol, list(PROTOCOLS), protocols)
-        _check_choice("normalize", normalize, list(NORMALIZE), "a normalisation")
+        mean, std = _normalisation(mean, std, normalize)
         _check_choice("final_val", final_val, list(FINAL_VAL), "a validation split of the final protocol")
         self.root, self.task, self.protocol, self.final_val = Path(root), task, protocol, final_val
         self.task_dir = self.root / task
@@ -118,7 +144,6 @@ class VTAB1kDataModule(ImageDataModule):
             raise ConfigError(f"data.root={self.root}: the list files of '{task}' are empty. {PREPARE}.")
         self._num_classes = max(labels) + 1
         self._check_class_count()
-        mean, std = NORMALIZE[normalize]
         self.eval_tf = square_resize_transform(img_size, mean, std)
         no_augment = augment is None or augment == "none"
         self.train_tf = self.eval_tf if no_augment else build_transform(img_size, True, mean, std, augment)
