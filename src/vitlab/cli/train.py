@@ -68,7 +68,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     )
     from vitlab.training.cost import CostMeter
     from vitlab.training.determinism import StepSeeding
-    from vitlab.training.dynamics_monitor import learned_dynamics, summarize
+    from vitlab.training.dynamics_monitor import learned_dynamics, summarise
     from vitlab.training.interrupts import InterruptGuard, raise_if_interrupted
 
     check_config(cfg)  # types and ranges first: nothing is built from a value that cannot work
@@ -97,7 +97,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
         record["epochs"] = trainer.fit_loop.epoch_progress.total.processed  # also right after an early stop
         record["world_size"] = trainer.world_size
         record.update(cost.results(module.device))
-        record.update(summarize(learned_dynamics(module.model)))  # learned a and h (ODE transfer), if any
+        record.update(summarise(learned_dynamics(module.model)))  # learned a and h (ODE transfer), if any
         raise_if_interrupted()
     if cfg.get("test", True):
         best = _test_checkpoint(cfg, trainer)

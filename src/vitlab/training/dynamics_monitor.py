@@ -23,7 +23,7 @@ def learned_dynamics(model: nn.Module) -> dict[str, Tensor]:
     return {k: torch.cat(v) for k, v in values.items() if v}
 
 
-def summarize(values: dict[str, Tensor]) -> dict[str, float]:
+def summarise(values: dict[str, Tensor]) -> dict[str, float]:
     """`dynamics/a_mean`, `_std`, `_min`, `_p50`, `_max` (and the same for h)."""
     out: dict[str, float] = {}
     for name, v in values.items():
@@ -40,7 +40,7 @@ class DynamicsMonitor(pl.Callback):
         values = learned_dynamics(pl_module)
         if not values:
             return
-        pl_module.log_dict(summarize(values), on_epoch=True)
+        pl_module.log_dict(summarise(values), on_epoch=True)
         if trainer.global_rank != 0:
             return
         for logger in trainer.loggers:
