@@ -9,6 +9,8 @@ before Hydra composes it (`upgrade_overrides`), a composed config that still hol
 own config file, is moved over (`upgrade_config`). Two renames change a value's form and are read by the data
 modules themselves: `data.normalize=<preset>` (vtab1k) becomes `data.mean`/`data.std`, and digits'
 `data.augment=light` is the default mapping `data.augment={rotate: 10, translate: 0.1, zoom: [0.9, 1.1]}`.
+`optimized_metric` (train.yaml) is `optimised_metric`, spelt as the project's prose and its other keys
+(`stabiliser`) are; its old key stays in train.yaml as null for one release and is read by `read_renamed`.
 
 Why the bench names changed: `batch` is the images (sequences) per step, what training calls `batch_size`;
 the bench's `warmup`/`warmup_steps` are repetitions that run but are not timed, not a learning-rate warm-up
@@ -43,6 +45,25 @@ RENAMED: Mapping[str, str] = {
 def deprecated(old: str, new: str) -> None:
     """The one line an old spelling logs each time it is used."""
     log.warning("%s is deprecated and goes in the next release; use %s (it is applied as that now).", old, new)
+
+
+def read_renamed(cfg: Any, old: str, new: str, default: Any) -> Any:
+    """The value of key `new`, or of its old spelling `old` where a config file or the command line set that (not
+    null): then with one `deprecated` line, and refused when `new` was also set, to another value than `old`'s."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, new, default=None)
+    value = default if value is None else value
+    old_value = OmegaConf.select(cfg, old, default=None)
+    if old_value is None:
+        return value
+    deprecated(old, new)
+    if value not in (old_value, default):
+        raise ConfigError(
+            f"{old}={old_value} and {new}={value} are one setting ({old} is its old name) with two values; give "
+            f"only {new}."
+        )
+    return old_value
 
 
 def _split(override: str) -> tuple[str, str, str | None]:

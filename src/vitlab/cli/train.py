@@ -213,13 +213,14 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
     pin_run_dir_for_ddp()
     match_threads_to_allocation()
     try:  # this run directory: a new run, or the same experiment continued in place (docs/resume.md)
+        metric = _optimised_metric(cfg)  # what the job returns; a conflicting old spelling is refused before training
         attempt = open_attempt(Path(cfg.paths.output_dir), task_overrides())
     except RunFinished as exc:
         if not is_multirun():
             report(str(exc), user_error=True)
             raise SystemExit(2) from None
         log.info("%s: finished earlier, skipped", cfg.paths.output_dir)  # a sweep run again in its directory
-        return (read_results(cfg.paths.output_dir) or {}).get(cfg.get("optimized_metric") or "val/acc")
+        return (read_results(cfg.paths.output_dir) or {}).get(metric)
     except ConfigError as exc:
         failures.append(str(cfg.paths.output_dir))
         report(str(exc), user_error=True)
@@ -230,7 +231,14 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
     record = run_task(cfg, train, attempt)
     if record.get("status") == "failed":
         failures.append(str(cfg.paths.output_dir))
-    return record.get(cfg.get("optimized_metric") or "val/acc")
+    return record.get(metric)
+
+
+def _optimised_metric(cfg: DictConfig) -> str:
+    """What a sweeper maximises (`optimised_metric`; its old spelling `optimized_metric` for one release)."""
+    from vitlab.config_names import read_renamed
+
+    return str(read_renamed(cfg, "optimized_metric", "optimised_metric", "val/acc"))
 
 
 def main() -> None:
