@@ -1,5 +1,6 @@
-"""Docs that run: every `vitlab-*` command line of README.md and docs/**/*.md composes, every repository path
-they name exists, and the source tree in docs/extending.md is the one scripts/layout_tree.py prints.
+"""Docs that run: every `vitlab-*` command line of README.md, docs/**/*.md and examples/**/*.md composes, every
+repository path and link anchor they name exists, and docs/extending.md's source tree is what
+scripts/layout_tree.py prints.
 
 A command line is a line of a code block that runs `vitlab-train|eval|bench|reproduce` (with `\\` continuations
 joined and `# comments` cut), an inline code span that starts with one of them followed by arguments (a bare
@@ -216,11 +217,16 @@ def test_doc_command_composes(command: DocCommand, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # relative run directories (resume=, resume=auto) are looked up here
     RunState(overrides=["seed=1"]).write(tmp_path / RUN_DIR)  # an interrupted run for resume=<run dir>
+    from hydra.core.hydra_config import HydraConfig
+
     script, argv = command.argv()
+    before = HydraConfig.instance().cfg
     try:
         compose_command(script, tuple(argv))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: Hydra's argument parser refused the command line
         pytest.fail(f"{command.where}: `{command.text}` does not compose: {type(exc).__name__}: {exc}")
+    finally:
+        HydraConfig.instance().cfg = before  # no Hydra app state left for the tests that run after these
 
 
 # Repository paths named in the docs: inline code that starts with one of these folders, and links to local files.
