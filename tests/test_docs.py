@@ -54,7 +54,7 @@ SPAN_RE = re.compile(r"(`+)(.+?)\1")
 
 @dataclass(frozen=True)
 class DocCommand:
-    where: str  # "docs/x.md:12"
+    where: str  # "<doc>:<line>"
     text: str  # the command line as written (continuations joined)
 
     def argv(self) -> tuple[str, list[str]]:
@@ -336,3 +336,25 @@ def test_layout_tree_in_extending_md_is_the_code():
     assert layout.documented() == layout.block(), (
         "docs/extending.md's source tree is out of date: run `python scripts/layout_tree.py --write`"
     )
+
+
+def test_every_docs_section_cited_by_the_code_exists():
+    """Code and configs cite their sources as `docs/<page>.md#<section>`: renaming a heading must not orphan one."""
+    cited = re.compile(r"docs/[\w/.-]+\.md(?:#[\w-]+)?")
+    files = [
+        *ROOT.glob("src/**/*.py"),
+        *ROOT.glob("configs/**/*.yaml"),
+        *ROOT.glob("scripts/*.py"),
+        *ROOT.glob("scripts/*.sh"),
+        *ROOT.glob("tests/**/*.py"),
+    ]
+    broken, count = [], 0
+    for path in [*files, ROOT / "Makefile", ROOT / "pyproject.toml"]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in cited.finditer(line):
+                count += 1
+                page, _, anchor = match[0].partition("#")
+                if not (ROOT / page).is_file() or (anchor and anchor not in anchors(ROOT / page)):
+                    broken.append(f"{path.relative_to(ROOT)}:{number}: {match[0]}")
+    assert count > 50, count
+    assert not broken, "docs pages or sections cited in the code that do not exist:\n" + "\n".join(broken)
