@@ -30,21 +30,11 @@ from typing import Any
 import pytorch_lightning as pl
 
 from vitlab.bench.rounds import Spread, interleave, ratios
+from vitlab.console import console_script
+from vitlab.training.first_step import FirstStepExit
 
 IMPORT_FLOOR = "import torch, pytorch_lightning, timm"
 log = logging.getLogger("vitlab")
-
-
-class FirstStepExit(pl.Callback):
-    """Write the wall-clock time at which the first training step starts to `path`, then end the process at
-    once (`os._exit`: no teardown, no results — only the start-up is being measured)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        Path(self.path).write_text(repr(time.time()))
-        os._exit(0)
 
 
 class StepStarts(pl.Callback):
@@ -78,12 +68,6 @@ def loop_device(trainer_cfg: Any) -> tuple[Any, Any]:
     return torch.device("cuda" if cuda else "cpu"), dtype
 
 
-def train_command() -> list[str]:
-    """The installed `vitlab-train` next to this interpreter, else the module (a checkout without install)."""
-    script = Path(sys.executable).with_name("vitlab-train")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "vitlab.cli.train"]
-
-
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -105,12 +89,14 @@ def time_to_first_step(overrides: Sequence[str], work_dir: Path, timeout: float)
     stamp.unlink()
     extra = [
         f"paths.log_dir={work_dir}",
-        f"+callbacks.first_step._target_={__name__}.FirstStepExit",
+        f"+callbacks.first_step._target_={FirstStepExit.__module__}.FirstStepExit",
         f"+callbacks.first_step.path={stamp}",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cpu, start = _children_cpu(), time.time()
-    done = subprocess.run([*train_command(), *overrides, *extra], timeout=timeout, capture_output=True, env=env)
+    done = subprocess.run(
+        [*console_script("vitlab-train"), *overrides, *extra], timeout=timeout, capture_output=True, env=env
+    )
     if not stamp.exists():
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"vitlab-train never reached a training step (exit {done.returncode}): {' | '.join(tail)}")
