@@ -79,13 +79,13 @@ def test_digits_light_augmentation_is_the_default_mapping_with_one_line(caplog) 
 
 
 def test_vtab_normalize_preset_applies_as_mean_and_std_once_and_conflicts_are_refused(caplog) -> None:
-    from vitlab.data.vtab1k import NORMALIZE, _normalisation
+    from vitlab.data.vtab1k import NORMALISATIONS, _normalisation
 
     caplog.set_level(logging.WARNING, logger="vitlab")
-    imagenet = NORMALIZE["imagenet"]
+    imagenet = NORMALISATIONS["imagenet"]
     assert _normalisation(*imagenet, None) == imagenet and not deprecation_lines(caplog)
     assert _normalisation(*imagenet, "inception") == ((0.5,) * 3, (0.5,) * 3)  # the defaults give way
-    assert _normalisation((0.0,) * 3, (1.0,) * 3, "none") == NORMALIZE["none"]  # both say the same
+    assert _normalisation((0.0,) * 3, (1.0,) * 3, "none") == NORMALISATIONS["none"]  # both say the same
     lines = deprecation_lines(caplog)
     assert len(lines) == 2 and "data.normalize=inception is deprecated" in lines[0] and "data.mean=[0.5" in lines[0]
     with pytest.raises(ConfigError, match=r"give only data\.mean and data\.std"):

@@ -12,7 +12,7 @@ Protocols (docs/papers/ode.md#vtab-1k-protocol):
 
 Preprocessing as FacT/NOAH: square bicubic resize to `img_size`, no augmentation, RGB, normalised with `mean` and
 `std` as every image data set: ImageNet's (FacT, NOAH, the default), 0.5 and 0.5 (Inception), or 0 and 1 (none:
-VPT, SSF feed [0, 1] pixels; see docs/papers/ode.md). `NORMALIZE` names the three.
+VPT, SSF feed [0, 1] pixels; see docs/papers/ode.md). `NORMALISATIONS` names the three.
 Never downloaded; check a prepared folder with `python scripts/check_vtab.py <root>`.
 """
 
@@ -37,7 +37,7 @@ from vitlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # (mean, std) of the three conventions of the PEFT literature; `data.normalize=<name>` is their old spelling
-NORMALIZE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
@@ -81,8 +81,8 @@ def _normalisation(
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if normalize is None:
         return mean, std
-    _check_choice("normalize", normalize, list(NORMALIZE), "a normalisation")
-    preset = NORMALIZE[normalize]
+    _check_choice("normalize", normalize, list(NORMALISATIONS), "a normalisation")
+    preset = NORMALISATIONS[normalize]
     new = f"data.mean={list(preset[0])} data.std={list(preset[1])}"
     deprecated(f"data.normalize={normalize}", new)
     if (mean, std) not in (preset, (IMAGENET_MEAN, IMAGENET_STD)):
@@ -100,7 +100,7 @@ class VTAB1kDataModule(ImageDataModule):
         root: the folder holding one sub-folder per task (`paths.data_dir/vtab-1k`).
         task: one of the 19 folder names (`vitlab.data.vtab_tasks.TASKS`).
         protocol: `tune` (train800 -> val200) or `final` (train800val200 -> test.txt); see the module docs.
-        mean, std: per-channel normalisation (ImageNet's by default; `NORMALIZE` has the other conventions).
+        mean, std: per-channel normalisation (ImageNet's by default; `NORMALISATIONS` has the other conventions).
         normalize: deprecated (goes in the next release): `imagenet`, `inception` or `none`, applied as `mean`
             and `std` with one deprecation line; refused when `mean`/`std` are also set to other values.
         augment: `none` (the protocol) or a mapping of `data.augment` options (timm training transform).
