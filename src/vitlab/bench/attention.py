@@ -20,6 +20,7 @@ from pathlib import Path
 from vitlab.bench.env import environment, header
 from vitlab.bench.layers import ENTRIES, REFERENCE_PACKAGES, reference_of
 from vitlab.bench.rounds import MIN_ROUNDS, Spread, ratios
+from vitlab.runs.files import write_json
 
 log = logging.getLogger("vitlab")
 SHAPE_KEYS = ("batch_size", "dim", "heads", "device")
@@ -81,7 +82,7 @@ def run(
             results.append(r)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"settings": settings, "env": env, "results": results}
-    (out_dir / "attention.json").write_text(json.dumps(record, indent=2))
+    write_json(out_dir / "attention.json", record)
     (out_dir / "attention.md").write_text(render_markdown(results, settings, env))
     plot(results, out_dir / "attention.png", settings)
     return results

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vitlab.bench.rounds import Spread, interleave, ratios
+from vitlab.runs.files import write_json
 
 
 def _train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, n: int) -> float:
@@ -83,7 +84,6 @@ def render_markdown(record: dict[str, Any], name: str, img_size: int, rounds: in
 
 def run(cfg: Any, out_dir: Path) -> Path:
     """`vitlab-bench compile`: the bench config's model, `<out_dir>/compile.{json,md}`; returns the .md path."""
-    import json
 
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
@@ -100,7 +100,7 @@ def run(cfg: Any, out_dir: Path) -> Path:
     env = environment(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = {k: v.as_dict() if isinstance(v, Spread) else v for k, v in record.items()}
-    (out_dir / "compile.json").write_text(json.dumps({"env": env, "model": name, **saved}, indent=2))
+    write_json(out_dir / "compile.json", {"env": env, "model": name, **saved})
     md = out_dir / "compile.md"
     md.write_text(render_markdown(record, name, img_size, rounds, device, header(env)))
     return md

@@ -4,7 +4,6 @@ the attention matrix products; EIT's and ptflops' "FLOPs" exclude them) and trai
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from vitlab.bench.transfer import timed_train_step
 from vitlab.models.summary import param_counts
+from vitlab.runs.files import write_json
 from vitlab.training.cost import macs_breakdown
 
 
@@ -36,7 +36,7 @@ def write_report(record: dict, name: str, out_dir: Path) -> Path:
 
     env = environment(str(record["device"]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"model_{name}.json").write_text(json.dumps({**record, "env": env}, indent=2))
+    write_json(out_dir / f"model_{name}.json", {**record, "env": env})
     md = out_dir / f"model_{name}.md"
     md.write_text(
         f"{header(env)}\n\n"

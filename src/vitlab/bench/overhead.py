@@ -31,6 +31,7 @@ import pytorch_lightning as pl
 
 from vitlab.bench.rounds import Spread, interleave, ratios
 from vitlab.console import console_script
+from vitlab.runs.files import write_json
 from vitlab.training.first_step import FirstStepExit
 
 IMPORT_FLOOR = "import torch, pytorch_lightning, timm"
@@ -176,7 +177,7 @@ def measure_per_step(cfg: Any, rounds: int, steps: int, untimed_steps: int) -> d
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 loss = loss_fn(model(x), y)
-            scaler.scale(loss).backward()
+            scaler.scale(loss)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -230,7 +231,6 @@ def _rate(seconds: Spread, batch: int) -> str:
 
 def run(cfg: Any, out_dir: Path) -> Path:
     """`vitlab-bench overhead`: both measurements, `<out_dir>/overhead.{json,md}`; returns the .md path."""
-    import json
 
     from vitlab.bench.env import environment, header
     from vitlab.compose import compose_config
@@ -252,7 +252,7 @@ def run(cfg: Any, out_dir: Path) -> Path:
     for name, part in (("startup", startup), ("per_step", per_step)):
         if part:
             record[name] = {k: v.as_dict() if isinstance(v, Spread) else v for k, v in part.items()}
-    (out_dir / "overhead.json").write_text(json.dumps(record, indent=2))
+    write_json(out_dir / "overhead.json", record)
     md = out_dir / "overhead.md"
     md.write_text(render_markdown(startup, per_step, rounds, header(env)))
     return md

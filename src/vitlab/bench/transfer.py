@@ -16,7 +16,6 @@ The heads are also timed alone on pooled features (`head_batch_size` rows): line
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from vitlab.errors import ConfigError
 from vitlab.models.geometry import TokenGeometry, geometry_of
 from vitlab.models.heads.memory_ode import MemoryODEHead
 from vitlab.models.summary import param_counts
+from vitlab.runs.files import write_json
 
 BASELINE = {"step_scalar": "reference", "step_channel": "reference", "step_dynamic": "reference", "full": "reference"}
 BASELINE |= {"reference": "head_only", "memory_ode": "head_only"}
@@ -160,7 +160,7 @@ def run(opts: dict, out_dir: Path) -> Path:
 
     record["env"] = environment(opts["device"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "transfer.json").write_text(json.dumps(record, indent=2))
+    write_json(out_dir / "transfer.json", record)
     md = out_dir / "transfer.md"
     md.write_text(render_markdown(record))
     return md

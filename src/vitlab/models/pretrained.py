@@ -17,7 +17,6 @@ tensors of the stock architecture) is refused as before.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from vitlab.errors import ConfigError
 from vitlab.models.weights import HEAD_KEYS, HEAD_SLOT, WEIGHTS_KEY, WeightsSpec, read_state_dict
+from vitlab.runs.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class WeightsReport:
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        write_json(path, self.__dict__)
 
     def table(self) -> str:
         """A few lines for the log: counts and the first names of each kind."""
