@@ -177,7 +177,7 @@ def measure_per_step(cfg: Any, rounds: int, steps: int, untimed_steps: int) -> d
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 loss = loss_fn(model(x), y)
-            scaler.scale(loss)
+            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
