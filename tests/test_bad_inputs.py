@@ -154,17 +154,30 @@ def test_hub_weights_offline_fail_at_once_with_the_way_out(monkeypatch) -> None:
 # --- run directories, export paths, devices, vitlab-eval -------------------------------------------------------
 
 
-def test_run_directories_must_be_writable_and_never_a_finished_run(tmp_path: Path) -> None:
-    (tmp_path / "a_file").write_text("x")
+def test_run_directories_must_be_writable_and_never_a_finished_run(tmp_path: Path, capsys) -> None:
+    """Each refusal exits 2 with one paragraph on stderr that names the key and its value and the ways out."""
     callback = CheckRunDirectory()
-    with pytest.raises(SystemExit) as stop:
-        callback.on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "a_file" / "run")}}}))
-    assert stop.value.code == 2
+
+    def refusal(run_dir: Path) -> str:
+        with pytest.raises(SystemExit) as stop:
+            callback.on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(run_dir)}}}))
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2, stop.value.code
+        assert err.startswith("vitlab: error: ") and "\n\n" not in err and "Traceback" not in err, err
+        assert f"hydra.run.dir={run_dir} " in " ".join(err.split()), err
+        return err
+
+    (tmp_path / "a_file").write_text("x")
+    err = refusal(tmp_path / "a_file" / "run")
+    assert "cannot be created or written" in err and "paths.log_dir" in err, err
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "results.json").write_text(json.dumps({"status": "ok"}))
-    with pytest.raises(SystemExit):
-        callback.on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "done")}}}))
+    err = " ".join(refusal(tmp_path / "done").split())
+    assert "holds a finished run (results.json says ok)" in err, err
+    assert "another hydra.run.dir" in err and "ckpt_path=<its checkpoints/last.ckpt>" in err, err  # the ways out
+    assert json.loads((tmp_path / "done" / "results.json").read_text()) == {"status": "ok"}  # left as it was
     callback.on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "new" / "run")}}}))
+    assert capsys.readouterr().err == ""
 
 
 def test_an_unwritable_export_path_is_refused_before_training(tmp_path: Path) -> None:
