@@ -103,14 +103,24 @@ def finish(proc: subprocess.Popen, timeout: float) -> str:
     return out
 
 
-def wait_for(root: Path, pattern: str, timeout: float) -> Path:
+def wait_for(proc: subprocess.Popen, root: Path, pattern: str, timeout: float) -> Path:
+    """The first file matching `pattern` under `root`; fails with the sweep's output when none comes in time or
+    the sweep ends first."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         found = sorted(root.glob(pattern))
         if found:
             return found[0]
         time.sleep(0.2)
-    pytest.fail(f"nothing matched {root}/{pattern} within {timeout:.0f} s")
+    found = sorted(root.glob(pattern))
+    if found:
+        return found[0]
+    ended = f"the sweep ended ({proc.returncode})" if proc.poll() is not None else f"within {timeout:.0f} s"
+    proc.kill()
+    out, _ = proc.communicate()
+    logs = sorted(p for p in root.rglob("*") if p.suffix in (".log", ".out", ".err") and p.is_file())
+    tails = "".join(f"\n--- {p}:\n{p.read_text(errors='replace')[-1500:]}" for p in logs[-4:])
+    pytest.fail(f"nothing matched {root}/{pattern}, {ended}:\n{out[-3000:]}{tails}")
 
 
 def test_a_two_job_sweep_runs_through_the_submitit_launcher(slurm, job_name: str, tmp_path: Path) -> None:
@@ -129,7 +139,7 @@ def test_a_preempted_job_continues_in_place_and_ends_identical(slurm, job_name: 
     `${now:...}` in it: the requeued job must find the same one."""
     args = [*TINY, "trainer.max_epochs=12", "seed=3", "trainer.log_every_n_steps=10,11", *launcher(job_name)]
     proc = start_sweep(args, tmp_path)
-    last = wait_for(tmp_path, "multiruns/*/*/1/checkpoints/last.ckpt", timeout=240)
+    last = wait_for(proc, tmp_path, "multiruns/*/*/1/checkpoints/last.ckpt", timeout=240)
     run_dir = last.parents[1]
     job_id = json.loads((run_dir / "run.json").read_text())["attempts"][0]["slurm_job_id"]
     scontrol("requeue", str(job_id))
@@ -153,7 +163,7 @@ def test_a_job_that_reaches_its_time_limit_is_requeued_and_finishes(slurm, job_n
     # long enough that the cut limit (checked by SLURM every 30 s) strikes before the job ends on a fast machine
     args = [*TINY, "trainer.max_epochs=120", "seed=0", *launcher(job_name, *extra), f"hydra.sweep.dir={sweep}"]
     proc = start_sweep(args, tmp_path)
-    wait_for(sweep, "0/checkpoints/last.ckpt", timeout=240)
+    wait_for(proc, sweep, "0/checkpoints/last.ckpt", timeout=240)
     job_id = json.loads((sweep / "0" / "run.json").read_text())["attempts"][0]["slurm_job_id"]
     scontrol("update", f"jobid={job_id}", "TimeLimit=1")
     deadline = time.time() + 120
