@@ -6,7 +6,7 @@
 - `cost/macs_no_attn_per_image`: the same without the attention kernels' products (q kᵀ, softmax · v, and
   the landmark / feature / projection products of the efficient kernels): what EIT's "FLOPs" (ptflops) count.
 - `cost/train_img_per_s`: training images per second per process over the timed steps (the first
-  `warmup_steps` are skipped), forward + backward + optimiser step.
+  `untimed_steps` are skipped), forward + backward + optimiser step.
 - `cost/peak_mem_mb`: peak CUDA memory allocated on a GPU; on CPU the process's peak resident memory
   (`ru_maxrss`), which includes the Python process itself.
 """
@@ -74,8 +74,8 @@ def macs_per_image(model: nn.Module, img_size: int, device: torch.device | str =
 class CostMeter(pl.Callback):
     """Measures MACs per image at fit start, training throughput and peak memory during fit."""
 
-    def __init__(self, img_size: int, warmup_steps: int = 2) -> None:
-        self.img_size, self.warmup_steps = img_size, warmup_steps
+    def __init__(self, img_size: int, untimed_steps: int = 2) -> None:
+        self.img_size, self.untimed_steps = img_size, untimed_steps
         self.macs: dict[str, int] | None = None
         self._images, self._seconds, self._steps = 0, 0.0, 0
         self._all_images, self._all_seconds = 0, 0.0  # warm-up included: the fallback for very short runs
@@ -105,7 +105,7 @@ class CostMeter(pl.Callback):
         seconds = time.perf_counter() - self._t0
         self._all_seconds += seconds
         self._all_images += len(batch[0])
-        if self._steps > self.warmup_steps:
+        if self._steps > self.untimed_steps:
             self._seconds += seconds
             self._images += len(batch[0])
 
