@@ -5,7 +5,9 @@ Also: DDP parity with one process, one W&B run across both halves, and `vitlab-r
 interrupted row in place and re-running an edited one.
 
 The fault injector (tests/helpers/signal_at_step.py) is `vitlab-train` plus a callback that sends the signal
-at the end of the drawn step; the drawn step is in every assertion message.
+at the end of the drawn step. The steps come from a generator seeded by VITLAB_TEST_SEED (default 0) and the
+test's name; the seed and the drawn step are in every assertion message, so `VITLAB_TEST_SEED=<seed> pytest
+tests/test_resume.py -k <test>` replays a failure.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ FAKE_AUG = [  # random images through timm's training transform, with the augmen
     "callbacks.last_checkpoint.every_n_train_steps=7",
 ]
 FAKE_STEPS = 4 * 16
+SEED = int(os.environ.get("VITLAB_TEST_SEED", "0"))
+
+
+def draw_step(test: str, low: int, high: int) -> tuple[int, str]:
+    """A step in [low, high] from a generator seeded by SEED and the test's name (the same draw whichever tests
+    run), and the words that replay it."""
+    step = random.Random(f"{SEED}/{test}").randint(low, high)
+    return step, f"VITLAB_TEST_SEED={SEED} drew step {step} of [{low}, {high}]"
 
 
 def signal_run(
@@ -68,18 +78,18 @@ def train_into(args: list[str], run_dir: Path, env: dict[str, str] | None = None
     return json.loads((run_dir / "results.json").read_text())
 
 
-def resume(run_dir: Path, env: dict[str, str] | None = None) -> dict:
+def resume(run_dir: Path, env: dict[str, str] | None = None, why: str = "") -> dict:
     run = run_cli("train", [f"resume={run_dir}"], run_dir.parent, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, f"{why}: {run.stderr[-3000:]}"
     return json.loads((run_dir / "results.json").read_text())
 
 
-def kill_and_resume(args: list[str], run_dir: Path, step: int) -> dict:
+def kill_and_resume(args: list[str], run_dir: Path, step: int, drawn: str) -> dict:
     killed = signal_run(args, run_dir, f"{step}:SIGKILL")
-    why = f"killed at step {step}"
+    why = f"killed at step {step} ({drawn})"
     assert killed.returncode == -9, f"{why}: {killed.returncode} {killed.stderr[-2000:]}"
     assert not (run_dir / "results.json").exists() and (run_dir / "checkpoints" / "last.ckpt").is_file(), why
-    result = resume(run_dir)
+    result = resume(run_dir, why=why)
     state = json.loads((run_dir / "run.json").read_text())
     start = state["attempts"][-1]["resumed_from"]
     assert result["status"] == "ok" and result["resumed"] == 1, why
@@ -103,50 +113,51 @@ def reference_ddp(tmp_path_factory) -> Path:
 
 
 def test_sigkill_mid_epoch_then_resume_in_place_is_bit_identical(reference: Path, tmp_path: Path) -> None:
-    step = random.randint(6, STEPS - 2)  # after the first checkpoint (step 5), before the end
+    step, drawn = draw_step("sigkill_mid_epoch", 6, STEPS - 2)  # after the first checkpoint (5), before the end
     run_dir = tmp_path / "run"
-    start = kill_and_resume([*BASE, "callbacks.last_checkpoint.every_n_train_steps=5"], run_dir, step)
+    start = kill_and_resume([*BASE, "callbacks.last_checkpoint.every_n_train_steps=5"], run_dir, step, drawn)
     # the kill comes at the end of its step, before that step's own checkpoint would be written
     latest = max(m for m in range(1, step) if m % 5 == 0 or m % 19 == 0)
-    assert start["global_step"] == latest, f"killed at {step}: resumed from {start}"
-    assert_identical(run_dir, reference, f"SIGKILL at step {step}, mid-epoch checkpoints")
-    assert len(list(run_dir.rglob("results.json"))) == 1 and not list(tmp_path.glob("*/*_train"))
+    assert start["global_step"] == latest, f"{drawn}: resumed from {start}"
+    assert_identical(run_dir, reference, f"SIGKILL at step {step}, mid-epoch checkpoints ({drawn})")
+    assert len(list(run_dir.rglob("results.json"))) == 1 and not list(tmp_path.glob("*/*_train")), drawn
 
 
 def test_sigkill_under_ddp_then_resume_is_bit_identical(reference_ddp: Path, tmp_path: Path) -> None:
-    step = random.randint(20, STEPS - 2)  # after the first epoch-end checkpoint
+    step, drawn = draw_step("sigkill_under_ddp", 20, STEPS - 2)  # after the first epoch-end checkpoint
     run_dir = tmp_path / "run"
-    start = kill_and_resume([*BASE, "trainer=ddp_cpu"], run_dir, step)
-    assert start["global_step"] == 19 * ((step - 1) // 19), f"killed at {step}: resumed from {start}"
-    assert_identical(run_dir, reference_ddp, f"DDP, SIGKILL at step {step}")
+    start = kill_and_resume([*BASE, "trainer=ddp_cpu"], run_dir, step, drawn)
+    assert start["global_step"] == 19 * ((step - 1) // 19), f"{drawn}: resumed from {start}"
+    assert_identical(run_dir, reference_ddp, f"DDP, SIGKILL at step {step} ({drawn})")
 
 
 def test_sigkill_with_workers_randaugment_mixup_and_ema_then_resume_is_bit_identical(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     train_into(FAKE_AUG, reference)
-    step = random.randint(8, FAKE_STEPS - 2)
+    step, drawn = draw_step("sigkill_with_workers", 8, FAKE_STEPS - 2)
     run_dir = tmp_path / "run"
-    kill_and_resume(FAKE_AUG, run_dir, step)
-    assert_identical(run_dir, reference, f"workers + RandAugment + Mixup/CutMix + EMA, SIGKILL at step {step}")
+    kill_and_resume(FAKE_AUG, run_dir, step, drawn)
+    why = f"workers + RandAugment + Mixup/CutMix + EMA, SIGKILL at step {step} ({drawn})"
+    assert_identical(run_dir, reference, why)
 
 
 def test_sigterm_saves_at_once_and_the_run_continues_in_one_wandb_run(reference: Path, tmp_path: Path) -> None:
-    step = random.randint(2, STEPS - 2)
+    step, drawn = draw_step("sigterm_wandb", 2, STEPS - 2)
     run_dir, env = tmp_path / "run", {"WANDB_MODE": "offline"}
     args = [*BASE, "logger=many"]  # CSV + TensorBoard + W&B: none of them changes the experiment
     stopped = signal_run(args, run_dir, f"{step}:SIGTERM", env=env)
-    why = f"SIGTERM at step {step}"
+    why = f"SIGTERM at step {step} ({drawn})"
     assert stopped.returncode == 128 + 15, f"{why}: {stopped.returncode} {stopped.stderr[-2000:]}"
     record = json.loads((run_dir / "results.json").read_text())
-    assert record["status"] == "interrupted" and record["signal"] == "SIGTERM", record
+    assert record["status"] == "interrupted" and record["signal"] == "SIGTERM", f"{why}: {record}"
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
     assert ckpt["global_step"] == step, f"{why}: last.ckpt at step {ckpt['global_step']}"
 
-    result = resume(run_dir, env=env)
-    assert result["status"] == "ok" and result["resumed"] == 1
+    result = resume(run_dir, env=env, why=why)
+    assert result["status"] == "ok" and result["resumed"] == 1, why
     assert_identical(run_dir, reference, why)
     runs = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({name.rsplit("-", 1)[1] for name in runs}) == 1, runs  # one W&B run id
+    assert len(runs) == 2 and len({name.rsplit("-", 1)[1] for name in runs}) == 1, f"{why}: {runs}"  # one run id
     steps = [int(float(r["step"])) for r in csv_rows(run_dir) if r.get("train/loss_step")]
     assert steps == sorted(steps) and len(steps) == len(set(steps)), f"{why}: CSV steps {steps}"
 
@@ -206,19 +217,19 @@ def test_reproduce_continues_an_interrupted_row_in_place_and_reruns_an_edited_on
     spec = load_table(table)
     (job,) = spec.jobs("smoke")
     td = table_dir(logs, spec, "smoke")
-    step = random.randint(2, 3 * 19 - 2)
+    step, drawn = draw_step("reproduce_continues", 2, 3 * 19 - 2)
     stopped = signal_run(list(job.overrides), job.run_dir(td), f"{step}:SIGTERM")  # the row, as the table runs it
-    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert stopped.returncode == 143, f"{drawn}: {stopped.stderr[-2000:]}"
 
     run = run_cli("reproduce", [f"table={table}", "scale=smoke"], logs)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "1 continue in place" in run.stdout, run.stdout
-    state = json.loads((job.run_dir(td) / "run.json").read_text())
-    assert state["attempts"][-1]["resumed_from"]["global_step"] == step
+    assert run.returncode == 0, f"{drawn}: {run.stdout[-2000:]}{run.stderr[-2000:]}"
+    assert "1 continue in place" in run.stdout, f"{drawn}: {run.stdout}"
+    resumed_from = json.loads((job.run_dir(td) / "run.json").read_text())["attempts"][-1]["resumed_from"]
+    assert resumed_from["global_step"] == step, f"{drawn}: resumed from {resumed_from}"
     # the epoch the step-th batch ran in: a stop after an epoch's last batch (19, 38) resumes in that epoch
-    assert state["attempts"][-1]["resumed_from"]["epoch"] == (step - 1) // 19, f"stopped after step {step}"
+    assert resumed_from["epoch"] == (step - 1) // 19, f"{drawn}: resumed from {resumed_from}"
     result = json.loads((job.run_dir(td) / "results.json").read_text())
-    assert result["status"] == "ok" and result["resumed"] == 1 and result["epochs"] == 3
+    assert result["status"] == "ok" and result["resumed"] == 1 and result["epochs"] == 3, f"{drawn}: {result}"
 
     write_table(table, ["optim.lr=2e-3"])  # the row is edited: its finished run is not that row any more
     run = run_cli("reproduce", [f"table={table}", "scale=smoke"], logs)
