@@ -9,14 +9,13 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
-from PIL import Image
 
 from conftest import TINY, compose_cfg, run_cli
+from helpers import fake_layouts
 from vitlab.cli.checkpoint import read_checkpoint
 from vitlab.cli.hydra_callbacks import CheckRunDirectory
 from vitlab.cli.unknown_keys import unknown_key_error
@@ -86,17 +85,8 @@ def test_an_unknown_key_names_the_options(override: str, node: str, message: str
 # --- files and folders ---------------------------------------------------------------------------------------
 
 
-def image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, splits=("train", "test")) -> None:
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
-
-
 def test_a_corrupt_image_names_the_file_or_is_skipped_and_counted(tmp_path: Path) -> None:
-    image_folder(tmp_path, splits=("train", "val", "test"))
+    fake_layouts.image_folder(tmp_path, ("cat", "dog"), 3, ("train", "val", "test"), size=8)
     bad = tmp_path / "test" / "dog" / "1.png"
     bad.write_bytes(b"\x89PNG not really")
     dm = ImageFolderDataModule(root=str(tmp_path), img_size=8, num_workers=0)
@@ -122,7 +112,7 @@ def test_a_corrupt_image_names_the_file_or_is_skipped_and_counted(tmp_path: Path
     ids=["renamed-class", "class-missing-in-test", "empty-class-folder"],
 )
 def test_class_folders_that_do_not_match_are_named(tmp_path: Path, change, message: str) -> None:
-    image_folder(tmp_path)
+    fake_layouts.image_folder(tmp_path, ("cat", "dog"), 3, size=8)
     change(tmp_path)
     for empty in [p for p in tmp_path.rglob("*") if p.is_dir() and not any(p.iterdir())]:
         if empty.parent.name == "test":

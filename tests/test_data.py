@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from helpers import fake_layouts
 from vitlab.data.digits import DigitsDataModule
 from vitlab.data.imagefolder import ImageFolderDataModule
 from vitlab.data.splits import stratified_split
@@ -86,17 +87,8 @@ def test_missing_torchvision_dataset_says_how_to_get_it(tmp_path, name: str) -> 
     assert str(tmp_path) in str(info.value)
 
 
-def _image_folder(root, splits=("train", "test"), classes=("cat", "dog", "eel"), per_class=4) -> None:
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
-
-
 def test_image_folder_derives_classes_and_holds_out_val(tmp_path) -> None:
-    _image_folder(tmp_path, per_class=10)
+    fake_layouts.image_folder(tmp_path, per_class=10)
     dm = ImageFolderDataModule(root=str(tmp_path), img_size=16, num_workers=0, val_fraction=0.2)
     assert dm.num_classes == 3
     assert dm.split_sizes() == {"train": 24, "val": 6, "test": 30}
@@ -105,29 +97,13 @@ def test_image_folder_derives_classes_and_holds_out_val(tmp_path) -> None:
 
 
 def test_image_folder_missing_split_shows_the_layout(tmp_path) -> None:
-    _image_folder(tmp_path, splits=("train",))
+    fake_layouts.image_folder(tmp_path, splits=("train",))
     with pytest.raises(ConfigError, match=r"no 'test' folder.*<root>/train/<class>"):
         ImageFolderDataModule(root=str(tmp_path))
 
 
-def _tiny_imagenet(root, wnids=("n01", "n02", "n03"), per_class=10) -> None:
-    rng = np.random.default_rng(0)
-    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (root / "val" / "images").mkdir(parents=True)
-    annotations = []
-    for w in wnids:
-        (root / "train" / w / "images").mkdir(parents=True)
-        for i in range(per_class):
-            img = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-            img.save(root / "train" / w / "images" / f"{w}_{i}.JPEG")
-        for i in range(2):
-            img.save(root / "val" / "images" / f"val_{w}_{i}.JPEG")
-            annotations.append(f"val_{w}_{i}.JPEG\t{w}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
-
-
 def test_tiny_imagenet_reads_the_distributed_layout(tmp_path) -> None:
-    _tiny_imagenet(tmp_path)
+    fake_layouts.tiny_imagenet(tmp_path)
     dm = TinyImageNetDataModule(root=str(tmp_path), num_workers=0, val_fraction=0.2, augment="none")
     assert dm.num_classes == 3
     assert dm.split_sizes() == {"train": 24, "val": 6, "test": 6}
@@ -144,7 +120,7 @@ def test_tiny_imagenet_missing_parts_show_the_layout(tmp_path) -> None:
 
 
 def test_augment_none_trains_on_the_evaluation_transform(tmp_path) -> None:
-    _image_folder(tmp_path, per_class=10)
+    fake_layouts.image_folder(tmp_path, per_class=10)
     dm = ImageFolderDataModule(root=str(tmp_path), img_size=16, num_workers=0, val_fraction=0.2, augment="none")
     dm.setup()
     a, _ = dm.train_set[0]

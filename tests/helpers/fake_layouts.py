@@ -9,14 +9,22 @@ import numpy as np
 from PIL import Image
 
 
-def image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "eel"), per_class: int = 4) -> None:
-    """`<root>/{train,test}/<class>/<i>.png` (20x20 random RGB)."""
+def image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("cat", "dog", "eel"),
+    per_class: int = 4,
+    splits: tuple[str, ...] = ("train", "test"),
+    size: int = 20,
+) -> None:
+    """`<root>/<split>/<class>/<i>.png` for each of `splits` (`size`x`size` random RGB)."""
     rng = np.random.default_rng(0)
-    for split in ("train", "test"):
+    for split in splits:
         for c in classes:
-            (root / split / c).mkdir(parents=True)
+            (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i}.png"
+                )
 
 
 def tiny_imagenet(root: Path, wnids: tuple[str, ...] = ("n01", "n02", "n03"), per_class: int = 10) -> None:
