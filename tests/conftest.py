@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+
+from vitlab.compose import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -30,9 +31,7 @@ TINY = [
 
 def compose_cfg(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     """Compose a config exactly as the CLI would (with the `hydra` node, for `${hydra:...}`)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        return compose(config_name, overrides=overrides or [], return_hydra_config=True)
+    return compose_config(config_name, overrides or [], return_hydra_config=True)
 
 
 @dataclass

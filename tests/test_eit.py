@@ -146,7 +146,8 @@ def test_cli_eit_cifar_on_digits_and_eit_mini_on_224px_fake_data(tmp_path) -> No
     assert fake.returncode == 0, fake.stderr[-3000:]
     # the run is the official EIT-Mini at 224 px: its parameters with a 10-class head (the logs count 1000
     # classes, (D + 1) x 990 more), its MACs at the official README's precision (ours with and without the
-    # attention products), one epoch of one batch (fast_dev_run), and an untrained model's test loss ln(10)
+    # attention products), one epoch of one batch (fast_dev_run), and the test loss of a model one step from its
+    # initialisation: chance, ln(10) within 5 %
     (result,) = fake.results()
     dim = compose_cfg(["model=eit_mini"]).model.backbone.embed_dim
     assert result["status"] == "ok" and result["epochs"] == 1 and result["world_size"] == 1
@@ -155,4 +156,3 @@ def test_cli_eit_cifar_on_digits_and_eit_mini_on_224px_fake_data(tmp_path) -> No
     assert round(result["cost/macs_no_attn_per_image"] / 1e9, 2) == official, result["cost/macs_no_attn_per_image"]
     assert round(result["cost/macs_per_image"] / 1e9, 3) == ours, result["cost/macs_per_image"]
     assert abs(result["test/loss"] - math.log(10)) < 0.05 * math.log(10), result["test/loss"]
-    assert result["test/acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # one test batch of 4 images

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import tomllib
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
+from vitlab.compose import compose_config
 from vitlab.configs import config_dir
 from vitlab.extras import EXTRAS, MissingExtra, check_argv, require
 from vitlab.models.geometry import TokenGeometry
@@ -40,9 +39,7 @@ def test_the_core_dependencies_run_the_default_experiment_without_any_extra() ->
     core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {d.split(">")[0].split("<")[0].split("=")[0].strip() for d in core}
     assert not names & {"peft", "torchdiffeq", "hydra-optuna-sweeper", "hydra-submitit-launcher", "matplotlib"}
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        cfg = compose("train")
+    cfg = compose_config("train")
     assert "TensorBoard" not in str(cfg.logger) and "submitit" not in str(cfg.get("hydra", ""))
 
 
@@ -107,9 +104,7 @@ def test_tables_render_without_matplotlib_but_say_the_figure_is_missing(
 def test_logger_tensorboard_without_tensorboard_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from vitlab.training.components import build_trainer
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=["logger=tensorboard"])
+    cfg = compose_config("train", ["logger=tensorboard"])
     hide(monkeypatch, "tensorboard")
     with pytest.raises(MissingExtra, match=r"logger\.tensorboard .*vitlab\[tensorboard\]"):
         build_trainer(cfg)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -14,27 +14,31 @@ from conftest import ROOT
 from vitlab.data.corrupt import CheckedImageFolder, skipped_files
 
 
-def _train_main(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
-    """`vitlab-train <argv>` in this process; its exit code."""
-    from vitlab.cli.train import main
-
-    monkeypatch.setattr(sys, "argv", ["vitlab-train", *argv])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
-def test_a_multirun_that_follows_one_with_failures_is_judged_by_its_own_jobs(tmp_path, monkeypatch) -> None:
-    """Failures were a class attribute: every later command in the same process exited 1 after one failure."""
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    common = ["tiny=model", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "train=false"]
-    failed = _train_main(monkeypatch, "-m", *common, "test=false", "optim.lr=-1,-2", f"paths.log_dir={tmp_path / 'a'}")
-    assert failed == 1  # both jobs refused (a negative lr): the multirun went on, then said so
-    assert len(list((tmp_path / "a").rglob("results.json"))) == 2
-    ok = _train_main(monkeypatch, "-m", *common, "test=false", "seed=1,2", f"paths.log_dir={tmp_path / 'b'}")
-    assert ok == 0
+def test_a_multirun_that_follows_one_with_failures_is_judged_by_its_own_jobs(tmp_path) -> None:
+    """Failures were a class attribute: every later command in the same process exited 1 after one failure. Two
+    `vitlab-train -m` commands run one after the other in one process (a subprocess: Hydra's multirun leaves its
+    global state behind, which other tests must not inherit)."""
+    common = ["tiny=model", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "train=false", "test=false"]
+    failing = ["-m", *common, "optim.lr=-1,-2", f"paths.log_dir={tmp_path / 'a'}"]  # both refused: a negative lr
+    passing = ["-m", *common, "seed=1,2", f"paths.log_dir={tmp_path / 'b'}"]
+    code = (
+        "import sys\n"
+        "from vitlab.cli.train import main\n"
+        "codes = []\n"
+        f"for argv in ({failing!r}, {passing!r}):\n"
+        "    sys.argv = ['vitlab-train', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "        codes.append(0)\n"
+        "    except SystemExit as exc:\n"
+        "        codes.append(int(exc.code or 0))\n"
+        "print('exit codes', codes)\n"
+    )
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert "exit codes [1, 0]" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
+    assert len(list((tmp_path / "a").rglob("results.json"))) == 2  # the multirun went on past the first failure
+    assert len(list((tmp_path / "b").rglob("results.json"))) == 2
 
 
 def _folder(root: Path) -> Path:

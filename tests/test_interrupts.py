@@ -12,15 +12,14 @@ from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from conftest import CONFIGS, TINY, assert_identical
+from conftest import TINY, assert_identical
 from helpers.signal_at_step import SignalAtStep
 from vitlab.cli import train as train_cli
 from vitlab.cli.in_place import apply_attempt, open_attempt
 from vitlab.cli.runner import run_task
+from vitlab.compose import compose_config
 from vitlab.training import components
 from vitlab.training.checkpointing import LastCheckpoint
 
@@ -31,9 +30,7 @@ BUILD_TRAINER = components.build_trainer  # vitlab-train imports it when a run s
 
 
 def config(run_dir: Path, args: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=args)
+    cfg = compose_config("train", args)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)  # what Hydra's run directory would be
     return cfg

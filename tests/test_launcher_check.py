@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from vitlab.cli.launcher_check import check_launcher
 from vitlab.cli.resolvers import slurm_devices
 from vitlab.cli.show_hydra import split_config_dirs
+from vitlab.compose import compose_config
 from vitlab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,7 @@ def test_devices_that_cannot_size_a_slurm_job_are_refused(devices: object) -> No
 
 
 def test_the_slurm_example_resolves_task_and_gpu_counts_from_a_number() -> None:
-    with initialize_config_module("vitlab.configs", version_base="1.3"):
-        cfg = compose("train", ["local=slurm_example", "trainer=ddp", "trainer.devices=4"], return_hydra_config=True)
+    cfg = compose_config("train", ["local=slurm_example", "trainer=ddp", "trainer.devices=4"], return_hydra_config=True)
     assert (cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.gpus_per_node) == (4, 4)
     check_launcher("train", ["-m", "local=slurm_example", "trainer=ddp", "trainer.devices=4"])
 

@@ -57,3 +57,26 @@ def test_the_check_sees_a_string_that_crosses_a_layer() -> None:
     tree = ast.parse('"""vitlab.cli.train in a docstring is prose."""\nCMD = ["-m", "vitlab.cli.train"]\n')
     assert [t for _, text in _strings(tree) for t in DOTTED.findall(text)] == ["cli"]
     assert _layers()["cli"] < _layers()["training"] < _layers()["models"] == _layers()["data"]
+
+
+def test_the_packaged_configs_import_nothing_of_vitlab() -> None:
+    """`vitlab.configs` (the repository's configs/, outside src/) is data: import-linter does not see it."""
+    tree = ast.parse((ROOT / "configs" / "__init__.py").read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.split(".")[0] == "vitlab"], imported
+
+
+def test_console_script_is_this_environments_and_a_missing_one_is_a_clear_error() -> None:
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    from vitlab.console import console_script
+    from vitlab.errors import ConfigError
+
+    (script,) = console_script("vitlab-train")
+    assert Path(script).is_file() and Path(script).parent == Path(sys.executable).parent
+    with pytest.raises(ConfigError, match=r"vitlab-nonexistent is not installed for .*pip install -e \."):
+        console_script("vitlab-nonexistent")

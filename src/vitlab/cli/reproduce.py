@@ -22,6 +22,7 @@ Every other `key=value` is a `vitlab-train` override passed to every run (e.g. `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -232,11 +233,16 @@ def fail_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, error:
 
 
 def base_config(spec: TableSpec, opts: Options) -> DictConfig:
-    """The config of the table's first run (so `data.root=...` meets the table's data config, not the default
-    digits), with the command line's overrides: where the runs go and whether they log to W&B come from it."""
+    """The config of the table's first run that composes (so `data.root=...` meets the table's data config, not
+    the default digits), with the command line's overrides: where the runs go and whether they log to W&B come
+    from it. A row that does not compose becomes a failed cell later, not the table's end; only when no run
+    composes is the command line itself checked against the default config."""
     jobs = [*spec.prepare_jobs(opts.scale, opts.extra), *spec.jobs(opts.scale, opts.extra)]
+    for job in jobs:
+        with contextlib.suppress(Exception):  # this row's own error is reported in its cell
+            return compose_config("train", list(job.overrides))
     try:
-        return compose_config("train", list(jobs[0].overrides) if jobs else opts.extra)
+        return compose_config("train", opts.extra)
     except Exception as exc:
         raise ConfigError(f"the overrides {' '.join(opts.extra)!r} do not compose with the train config: "
                           f"{' '.join(str(exc).split())}") from exc  # fmt: skip
