@@ -58,6 +58,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     from vitlab.data.corrupt import skipped_files
     from vitlab.models.summary import param_counts
     from vitlab.provenance import provenance
+    from vitlab.training.budget import check_training_budget
     from vitlab.training.components import (
         build_datamodule,
         build_module,
@@ -92,6 +93,8 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     raise_if_interrupted()
 
     if cfg.get("train", True):
+        # no optimiser step or no validation image: refused now, not recorded ok after training nothing
+        check_training_budget(trainer, datamodule, cfg.get("scheduler"), float(OmegaConf.select(cfg, "optim.lr") or 0))
         _fit(trainer, module, datamodule, cfg.get("ckpt_path"))
         record["val/acc"] = _best_val(trainer)
         record["epochs"] = trainer.fit_loop.epoch_progress.total.processed  # also right after an early stop
@@ -113,7 +116,9 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
         record["data/skipped_corrupt"] = skipped
     update_wandb_summary(trainer, record)
     if trainer.is_global_zero and record.get("test/acc") is not None:
-        print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
+        best = record.get("best_ckpt")
+        tested = f"the best checkpoint, {Path(best).name}" if best else "the final weights"
+        print(f"\ntest/acc = {record['test/acc']:.4f} with {tested}   (results: {cfg.paths.output_dir}/results.json)")
 
 
 def record_weights_report(model: torch.nn.Module, run_dir: Path, record: dict[str, Any]) -> None:
