@@ -26,8 +26,9 @@ def optimiser_steps(trainer: Any, datamodule: Any) -> int:
 
 def check_training_budget(trainer: Any, datamodule: Any, scheduler: Mapping[str, Any] | None, lr: float) -> int | None:
     """Raise `ConfigError` when the run would make no optimiser step or has no validation image; log one line
-    when the warm-up outlasts the run. Returns the run's optimiser steps (None for a data module that is not a
-    vitlab `ImageDataModule`, whose batches cannot be counted before its loader is built)."""
+    when the warm-up outlasts the run (not for `fast_dev_run`, a check of the code, not a training). Returns the
+    run's optimiser steps; None for a data module that is not a vitlab `ImageDataModule`, whose batches cannot
+    be counted before its loader is built."""
     if not hasattr(datamodule, "train_batches_per_epoch"):
         return None
     sizes = datamodule.split_sizes()
@@ -45,7 +46,7 @@ def check_training_budget(trainer: Any, datamodule: Any, scheduler: Mapping[str,
             f"{trainer.accumulate_grad_batches}. Allow at least one training batch, or set train=false to only test."
         )
     warmup_epochs = float((scheduler or {}).get("warmup_epochs") or 0)
-    if warmup_epochs > 0 and trainer.max_epochs and trainer.max_epochs > 0:
+    if warmup_epochs > 0 and trainer.max_epochs and trainer.max_epochs > 0 and not trainer.fast_dev_run:
         # the schedule's warm-up in optimiser steps, as build_scheduler lays it out (updates per epoch)
         warmup_steps = warmup_epochs * max(1, math.ceil(steps / trainer.max_epochs))
         if warmup_steps >= steps:
