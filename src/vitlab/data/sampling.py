@@ -9,7 +9,9 @@ pieces make the data side of that true:
   per optimiser step (the epoch's tail that does not fill a global batch is dropped).
 - Every index comes with a *sample seed* drawn from `(seed, epoch, index)`, and `SeededSamples` runs the
   dataset's transform under it: the random crop, RandAugment op or affine warp of an image depends on which
-  image it is and in which epoch, not on the worker, the rank, or what ran before.
+  image it is and in which epoch, not on the worker, the rank, or what ran before. The same seeds, for a
+  batch (`EpochSampler.batch_seeds`), seed the drop-path masks inside the model
+  (`vitlab.models.seeded_drop_path`).
 - `ResumableLoader` counts the batches it has handed out and is *stateful* for Lightning (it has
   `state_dict` / `load_state_dict`), so a checkpoint written in the middle of an epoch records how far the
   epoch went and the resumed run starts at the next batch: nothing repeated, nothing skipped.
@@ -100,6 +102,7 @@ class EpochSampler(DistributedSampler):
             self.steps, self.rank_batch = 1, max(1, n // num_replicas)
         self.num_samples = self.steps * self.rank_batch
         self.total_size = self.num_samples * num_replicas
+        self._indices_cache: tuple[int, list[int]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -116,11 +119,23 @@ class EpochSampler(DistributedSampler):
         order = self.order(epoch)[: self.total_size].view(self.steps, self.num_replicas, self.rank_batch)
         return order[:, self.rank].reshape(-1).tolist()
 
+    def sample_seed(self, epoch: int, index: int) -> int:
+        """The seed of image `index` in `epoch`: its augmentation, and its drop-path masks inside the model."""
+        return mix_seed(self.seed, epoch, index)
+
+    def batch_seeds(self, epoch: int, batch: int) -> list[int]:
+        """The sample seeds of this rank's batch number `batch` of `epoch`, in the batch's order (what
+        `vitlab.training.determinism.StepSeeding` hands to the model; the same images as `__iter__` yields)."""
+        if self._indices_cache is None or self._indices_cache[0] != epoch:  # one permutation per epoch, not per step
+            self._indices_cache = (epoch, self.rank_indices(epoch))
+        indices = self._indices_cache[1][batch * self.rank_batch : (batch + 1) * self.rank_batch]
+        return [self.sample_seed(epoch, index) for index in indices]
+
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         epoch, skip = self.epoch, self.skip
         self.skip = 0  # consumed: the next pass over this epoch (if any) starts at its beginning
         for index in self.rank_indices(epoch)[skip:]:
-            yield index, mix_seed(self.seed, epoch, index)
+            yield index, self.sample_seed(epoch, index)
 
     def __len__(self) -> int:
         return self.num_samples

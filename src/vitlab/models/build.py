@@ -26,6 +26,7 @@ from vitlab.models.freeze import freeze_pretrained, parameter_shapes, resolve_fr
 from vitlab.models.geometry import TokenGeometry, geometry_of
 from vitlab.models.pretrained import WeightsReport, load_head_slot, load_pretrained, shapes, source_tensors
 from vitlab.models.seams import check_seams
+from vitlab.models.seeded_drop_path import install_seeded_drop_path
 from vitlab.models.weights import parse_weights
 
 Adapter = Callable[[VisionTransformer], VisionTransformer]
@@ -96,5 +97,7 @@ def build_classifier(
         freeze_pretrained(vit, pretrained)
     model = Classifier(vit, head_module)
     model = peft(model) if peft is not None else model
+    # drop-path drawn from each sample's seed: the same masks on any number of processes (docs/resume.md)
+    install_seeded_drop_path(model)
     model.weights_report = report
     return model
