@@ -154,6 +154,8 @@ def apply_attempt(cfg: DictConfig, attempt: Attempt) -> None:
             if target.endswith("WandbLogger") and attempt.state is not None:
                 logger.id = attempt.state.wandb_id
                 logger.resume = "allow"
+                if resuming_in_place and target.startswith("vitlab."):  # rewound to the checkpoint's step
+                    logger.resume_step = max(keep_before, 0)
             elif target.endswith("ResumableCSVLogger") and resuming_in_place:
                 logger.keep_before_step = keep_before
             elif target.endswith("TensorBoardLogger") and resuming_in_place:

@@ -196,11 +196,12 @@ def report(message: str, user_error: bool) -> None:
 
 
 def configure_wandb(cfg: DictConfig) -> None:
-    """Run W&B offline when no API key is configured, so a run never blocks on login or network."""
+    """Run W&B offline when no API key is configured, so a run never blocks on login or network. The line that
+    says so, with its `wandb sync` command, comes from the logger once the offline run exists
+    (`vitlab.training.wandb_logger`, which also goes offline when the server does not answer)."""
     loggers = cfg.get("logger") or {}
-    if "wandb" not in loggers:
+    if not loggers.get("wandb"):
         return
     if should_force_offline():
-        log.info("W&B: no API key configured, logging offline (sync later with `wandb sync <run dir>/wandb`).")
         with open_dict(cfg):
             cfg.logger.wandb.offline = True
