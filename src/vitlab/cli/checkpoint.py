@@ -8,24 +8,32 @@ from typing import Any
 import torch
 
 from vitlab.errors import ConfigError, unreadable_file_reason
+from vitlab.runs.checkpoint_choice import Damage, alternatives_sentence, readable_checkpoints
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint with `weights_only=True`; a clear `ConfigError` if it cannot be read."""
+    """Load a Lightning checkpoint with `weights_only=True`; a clear `ConfigError` if it cannot be read, naming
+    the readable checkpoints beside it (a damaged last.ckpt usually has an epoch_NNN.ckpt next to it)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path}: no such file.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, or not a torch file
-        first_line = unreadable_file_reason(exc)
+        first_line = unreadable_file_reason(exc).split(". ", 1)[0].rstrip(".")  # torch's advice after it: noise
         raise ConfigError(
             f"ckpt_path={path} could not be read as a checkpoint ({first_line}). It is corrupt, truncated, or "
             "not a file written by vitlab-train (outputs/runs/<date>/<time>_train/checkpoints/*.ckpt)."
+            + _beside(path, first_line)
         ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"ckpt_path={path} is not a Lightning checkpoint (no 'state_dict').")
+        raise ConfigError(f"ckpt_path={path} is not a Lightning checkpoint (no 'state_dict').{_beside(path, '')}")
     return ckpt
+
+
+def _beside(path: Path, reason: str) -> str:
+    """The sentence naming the readable checkpoints in `path`'s folder ('' when there are none)."""
+    return alternatives_sentence(Damage(path, reason, readable_checkpoints(path.parent, skip=path)))
 
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any] | None:

@@ -4,12 +4,16 @@
 (its `run.json` holds the same overrides, up to where and how long it runs) and has a `last.ckpt`, the
 attempt continues from it: `ckpt_path` points there, the W&B logger gets the run's id with
 `resume="allow"`, the CSV log keeps the rows written before the checkpoint's step and TensorBoard purges the
-later events. A directory holding another experiment is refused. The decision is made by rank 0 and handed
-to the DDP processes Lightning starts through the environment, so all ranks load the same checkpoint.
+later events. A directory holding another experiment is refused, and so is one that is not vitlab's (a sweep
+job's folder holding another tool's files; `overwrite=true` moves them aside). A `last.ckpt` that cannot be
+read is refused naming the newest readable checkpoint, or replaced by it with `resume.fallback=true`. The
+decision is made by rank 0 and handed to the DDP processes Lightning starts through the environment, so all
+ranks load the same checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +23,9 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from vitlab.errors import ConfigError
+from vitlab.runs.checkpoint_choice import continue_refusal, damaged_last, fallback_line
 from vitlab.runs.files import results_status
+from vitlab.runs.ownership import foreign_contents, move_aside, ways_out
 from vitlab.runs.slurm_env import slurm_job_id
 from vitlab.runs.state import (
     MAY_CHANGE_ON_RESUME,
@@ -31,6 +37,7 @@ from vitlab.runs.state import (
     same_experiment,
 )
 
+log = logging.getLogger("vitlab")
 ENV_RESUME = "VITLAB_RESUME_FROM"  # rank 0's decision ("" = from scratch), read by ranks > 0
 
 
@@ -58,13 +65,26 @@ class Attempt:
             self.lock.release()
 
 
-def open_attempt(run_dir: Path, overrides: list[str]) -> Attempt:
-    """Record a new attempt in `run_dir/run.json` (rank 0) and find the checkpoint to continue from."""
+def attempt_options(cfg: DictConfig) -> dict[str, bool]:
+    """`open_attempt`'s switches from the config: `resume.fallback` and `overwrite` (true only when true)."""
+    from omegaconf import OmegaConf
+
+    return {
+        "fallback": OmegaConf.select(cfg, "resume.fallback", default=False) is True,
+        "overwrite": OmegaConf.select(cfg, "overwrite", default=False) is True,
+    }
+
+
+def open_attempt(run_dir: Path, overrides: list[str], fallback: bool = False, overwrite: bool = False) -> Attempt:
+    """Record a new attempt in `run_dir/run.json` (rank 0) and find the checkpoint to continue from.
+
+    `fallback` (`resume.fallback=true`) continues from the newest readable checkpoint when last.ckpt cannot be
+    read; `overwrite` moves another tool's files in the directory aside instead of refusing them."""
     if rank_zero_only.rank != 0:
         return _follow_rank_zero(run_dir)
     known = RunState.read(run_dir)
-    if known is not None and not same_experiment(known.overrides, overrides, MAY_CHANGE_ON_RESUME):
-        raise ConfigError(another_experiment(run_dir, known.overrides, overrides))
+    if known is None or not same_experiment(known.overrides, overrides, MAY_CHANGE_ON_RESUME):
+        _claim(run_dir, overwrite, None if known is None else another_experiment(run_dir, known.overrides, overrides))
     if results_status(run_dir) == "ok":
         raise RunFinished(
             f"{run_dir} holds a finished run (results.json says ok); it is never overwritten. Start a new run "
@@ -81,7 +101,7 @@ def open_attempt(run_dir: Path, overrides: list[str]) -> Attempt:
         else:
             if not same_experiment(state.overrides, overrides, MAY_CHANGE_ON_RESUME):
                 raise ConfigError(another_experiment(run_dir, state.overrides, overrides))
-            checkpoint = last_checkpoint(run_dir)
+            checkpoint = _readable_last(run_dir, fallback)
         position = checkpoint_position(checkpoint) if checkpoint is not None else None
         resumed_from = {"checkpoint": str(checkpoint), **position} if checkpoint is not None and position else None
         state.begin(resumed_from, overrides)
@@ -91,6 +111,34 @@ def open_attempt(run_dir: Path, overrides: list[str]) -> Attempt:
         raise
     os.environ[ENV_RESUME] = str(checkpoint or "")
     return Attempt(run_dir, state, checkpoint, position, lock)
+
+
+def _claim(run_dir: Path, overwrite: bool, other_experiment: str | None) -> None:
+    """A directory of another experiment, or without a readable run.json and with more than Hydra's start
+    files, is refused, or its contents moved aside with `overwrite`. A single run was checked before Hydra
+    wrote (vitlab.cli.run_dir_claim); this covers each job of a sweep, whose `.hydra/` Hydra has written."""
+    what = other_experiment
+    if what is None:
+        found = foreign_contents(run_dir)
+        what = None if found is None else f"hydra.run.dir={run_dir} {found}. {ways_out('hydra.sweep.dir', run_dir)}"
+    if what is None:
+        return
+    if not overwrite:
+        raise ConfigError(what)
+    moved = move_aside(run_dir, keep_start_files=True)  # this job's .hydra/ stays: Hydra just wrote it
+    log.warning("overwrite=true: the old contents of %s were moved to %s", run_dir, moved)
+
+
+def _readable_last(run_dir: Path, fallback: bool) -> Path | None:
+    """last.ckpt when it opens; else the newest readable checkpoint with `fallback` (one log line), else refused."""
+    checkpoint = last_checkpoint(run_dir)
+    damage = damaged_last(run_dir) if checkpoint is not None else None
+    if damage is None:
+        return checkpoint
+    if not fallback:
+        raise ConfigError(continue_refusal(damage, f"hydra.run.dir={run_dir}", run_dir))
+    log.warning(fallback_line(damage))
+    return damage.newest.path if damage.newest is not None else None
 
 
 def _follow_rank_zero(run_dir: Path, timeout: float = 300.0) -> Attempt:
@@ -134,7 +182,8 @@ def another_experiment(run_dir: Path, stored: list[str], given: list[str]) -> st
         f"[{' '.join(sorted(old)) or 'none'}], these are [{' '.join(sorted(new)) or 'none'}] "
         f"(differing: {' '.join(sorted(old ^ new))}). Continue it with `vitlab-train resume={run_dir}` (its own "
         "overrides are read from the directory; only where and how long it runs may change: trainer devices, "
-        "nodes, accelerator, strategy, max_epochs, logging, paths), or choose another run directory."
+        "nodes, accelerator, strategy, max_epochs, logging, paths), choose another run directory, or add "
+        f"overwrite=true to move its contents aside to {run_dir.name}.replaced-<time>/ next to it (nothing is deleted)."
     )
 
 

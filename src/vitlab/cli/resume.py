@@ -6,6 +6,10 @@ overrides (read from its `run.json`), any trainer or logging overrides given bes
 `last.ckpt` (vitlab.cli.in_place). `resume=auto` does the same for the newest unfinished run (interrupted,
 or killed before it wrote a result) whose overrides equal the given ones, and starts a new run when there is
 none, so one command line serves a job script that may be started several times.
+
+A run whose `checkpoints/last.ckpt` cannot be read (a node that died while copying it, a failing disk) is
+refused here, before Hydra writes anything, naming the newest readable checkpoint of the run;
+`resume.fallback=true` beside `resume=` continues from that one instead (vitlab.runs.checkpoint_choice).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 from pathlib import Path
 
 from vitlab.errors import ConfigError
+from vitlab.runs.checkpoint_choice import continue_refusal, damaged_last
 from vitlab.runs.files import results_status
 from vitlab.runs.state import (
     MAY_CHANGE_ON_RESUME,
@@ -74,10 +79,21 @@ def expand_resume_argv(argv: list[str]) -> list[str]:
             " To change anything else start a new run, "
             f"e.g. from its weights with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}."
         )
+    damage = damaged_last(run_dir)
+    if damage is not None and not wants_fallback(extras):  # decided before Hydra writes .hydra/ into the run
+        raise ConfigError(continue_refusal(damage, f"resume={value}", run_dir))
     replaced = {override_key(o) for o in extras}
     merged = [o for o in state.overrides if override_key(o) not in replaced] + extras
     log.info("resume: continuing %s (attempt %d)", run_dir, len(state.attempts) + 1)
     return [*merged, f"hydra.run.dir={hydra_quote(run_dir.resolve())}", *flags]
+
+
+def wants_fallback(overrides: list[str]) -> bool:
+    """`resume.fallback=true` among the overrides (the last one for the key wins, as in Hydra)."""
+    values = [
+        o.split("=", 1)[1].strip().lower() for o in overrides if override_key(o) == "resume.fallback" and "=" in o
+    ]
+    return bool(values) and values[-1] == "true"
 
 
 def _resumable_state(run_dir: Path, value: str) -> RunState:

@@ -202,7 +202,7 @@ def _best_val(trainer: Any) -> float | None:
 def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
     """One job of `vitlab-train` (the only one, or one of a multirun): its metric for a sweeper; a failed job's
     run directory is added to `failures` (this command's list: a multirun goes on, then exits non-zero)."""
-    from vitlab.cli.in_place import RunFinished, apply_attempt, open_attempt
+    from vitlab.cli.in_place import RunFinished, apply_attempt, attempt_options, open_attempt
     from vitlab.cli.runner import (
         configure_wandb,
         is_multirun,
@@ -219,7 +219,7 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
     match_threads_to_allocation()
     try:  # this run directory: a new run, or the same experiment continued in place (docs/resume.md)
         metric = _optimised_metric(cfg)  # what the job returns; a conflicting old spelling is refused before training
-        attempt = open_attempt(Path(cfg.paths.output_dir), task_overrides())
+        attempt = open_attempt(Path(cfg.paths.output_dir), task_overrides(), **attempt_options(cfg))
     except RunFinished as exc:
         if not is_multirun():
             report(str(exc), user_error=True)

@@ -33,7 +33,8 @@ NOT_EXPERIMENT = (
     "hydra",
     "paths",
     "tags",
-    "resume",
+    "resume",  # resume.fallback: which checkpoint to continue from, not what is computed
+    "overwrite",  # what happens to a directory's old contents
     "data.num_workers",
     "data.pin_memory",
     "callbacks.last_checkpoint",
