@@ -23,7 +23,8 @@ def test_devices_that_cannot_size_a_slurm_job_are_refused(devices: object) -> No
         slurm_devices(devices)
 
 
-def test_the_slurm_example_resolves_task_and_gpu_counts_from_a_number() -> None:
+def test_the_slurm_example_resolves_task_and_gpu_counts_from_a_number(monkeypatch) -> None:
+    monkeypatch.setattr("vitlab.cli.launcher_check.shutil.which", lambda tool: f"/usr/bin/{tool}")  # SLURM or not
     cfg = compose_config("train", ["local=slurm_example", "trainer=ddp", "trainer.devices=4"], return_hydra_config=True)
     assert (cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.gpus_per_node) == (4, 4)
     check_launcher("train", ["-m", "local=slurm_example", "trainer=ddp", "trainer.devices=4"])

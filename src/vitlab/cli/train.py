@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import vitlab.cli.resolvers  # noqa: F401  (registers ${vitlab.*} resolvers before Hydra composes)
 from vitlab.cli.launcher_check import check_launcher
 from vitlab.cli.show_hydra import show_resolved_hydra
+from vitlab.cli.sweep_check import sweeper_params_as_overrides
 from vitlab.cli.validate import check_config, writable_dir
 from vitlab.configs import CONFIG_PATH
 from vitlab.errors import ConfigError
@@ -55,6 +56,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
     from pytorch_lightning import seed_everything
 
+    from vitlab.cli.trainer_check import check_batch_split, check_trainer
     from vitlab.data.corrupt import skipped_files
     from vitlab.models.summary import param_counts
     from vitlab.provenance import provenance
@@ -73,6 +75,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     from vitlab.training.interrupts import InterruptGuard, raise_if_interrupted
 
     check_config(cfg)  # types and ranges first: nothing is built from a value that cannot work
+    check_trainer(cfg)  # accelerator/strategy/devices that contradict: said here, before other processes start
     seed_everything(cfg.seed, workers=True)
     check_resume(cfg)
     if cfg.get("test_checkpoint", "best") not in ("best", "last"):  # fail before training, not after
@@ -86,6 +89,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     cost = CostMeter(img_size=int(cfg.data.img_size))
     # exact resume: per-step seeds, and signals turned into a checkpoint and a clean stop (docs/resume.md)
     trainer = build_trainer(cfg, extra_callbacks=[cost, StepSeeding(cfg.seed), InterruptGuard()])
+    check_batch_split(cfg, trainer.world_size)  # each process would find it after all of them started
     origin = provenance(trainer.strategy.root_device)  # versions, device, git state: in results.json and loggers
     record.update(origin)
     log_config(trainer, cfg, extra={"provenance": origin})
@@ -236,6 +240,7 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
     record = run_task(cfg, train, attempt)
     if record.get("status") == "failed":
         failures.append(str(cfg.paths.output_dir))
+        return None  # no metric: a sweeper records the trial as failed (Optuna: FAIL), even if val/acc was measured
     return record.get(metric)
 
 
@@ -248,6 +253,7 @@ def _optimised_metric(cfg: DictConfig) -> str:
 
 def main() -> None:
     try:
+        sys.argv = [sys.argv[0], *sweeper_params_as_overrides(sys.argv[1:])]  # the documented search-space form
         check_argv(sys.argv[1:])  # a Hydra plugin of a missing extra: name the extra, not a missing config file
         check_launcher("train", sys.argv[1:])  # e.g. trainer.devices=-1 cannot size a SLURM job
     except ConfigError as exc:
