@@ -156,12 +156,19 @@ def test_what_vitlab_may_write_into(tmp_path, capsys) -> None:
     assert not list(tmp_path.glob("*.replaced-*"))
 
 
-def test_ranks_above_zero_never_refuse_or_move(tmp_path, capsys, monkeypatch) -> None:
-    """They join the directory rank 0 claimed; only rank 0 may move anything."""
+@pytest.mark.parametrize(("variable", "value"), [("LOCAL_RANK", "1"), ("NODE_RANK", "1"), ("SLURM_PROCID", "3")])
+def test_ranks_above_zero_never_refuse_or_move(tmp_path, capsys, monkeypatch, variable, value) -> None:
+    """They join the directory rank 0 claimed; only rank 0 may move anything (a second node started by hand
+    has NODE_RANK=1 before Lightning sets its RANK)."""
     before = _foreign(tmp_path / "theirs")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
     _claim(tmp_path / "theirs", overwrite=True)
     assert _snapshot(tmp_path / "theirs") == before and capsys.readouterr().err == ""
+    monkeypatch.setenv(variable, "0")
+    _claim(tmp_path / "theirs", overwrite=True)  # rank 0 (of any launcher) does move
+    assert list(tmp_path.glob("theirs.replaced-*"))
 
 
 def test_a_sweep_directory_of_another_tool_is_refused_and_vitlabs_own_is_continued(tmp_path, capsys) -> None:

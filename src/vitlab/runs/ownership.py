@@ -19,7 +19,9 @@ from vitlab.runs.state import RUN_FILE, RunState
 START_FILES = (".hydra", ".lock")  # and *.log: Hydra's job log, appended to, never replaced
 MULTIRUN_FILE = "multirun.yaml"
 VITLAB_CALLBACK = "vitlab.cli.hydra_callbacks.CheckRunDirectory"  # in every multirun.yaml vitlab's Hydra writes
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # as Lightning reads its rank
+# a process's rank as Lightning and its launchers set it; NODE_RANK/GROUP_RANK: a node > 0 of a multi-node
+# launch, started by hand before Lightning sets RANK (its local rank 0 is not the run's rank 0)
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK", "GROUP_RANK")
 
 
 def is_start_file(name: str) -> bool:
@@ -108,13 +110,10 @@ def move_aside(run_dir: Path, keep_start_files: bool = False) -> Path:
 
 
 def is_rank_zero() -> bool:
-    """Whether this process is rank 0 (or alone), from the environment as Lightning reads it: ranks > 0 join
-    the directory rank 0 decided on and never move anything."""
+    """Whether this process is rank 0 (or alone), from the environment: none of the rank variables says
+    otherwise. Ranks > 0 join the directory rank 0 decided on and never move anything."""
     for variable in RANK_VARIABLES:
-        value = os.environ.get(variable)
-        if value is not None:
-            try:
-                return int(value) == 0
-            except ValueError:
-                return True
+        value = os.environ.get(variable, "0").strip()
+        if value.isdigit() and int(value) != 0:
+            return False
     return True
