@@ -2,61 +2,28 @@
 
 Without this, `data.img_size=abc`, `seed=1.5` or `trainer.max_epochs=-3` reach torch or Lightning and end
 in a traceback that never names the key. Each rule says what is allowed; a key the composed config does not
-have (another data set, another optimiser) is not checked.
+have (another data set, another optimiser) is not checked. `check_config` also runs the sibling checks: the
+shapes of list-valued keys (`validate_lists`), callback options (`validate_callbacks`) and names that reach timm
+or Lightning as strings (`validate_names`).
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vitlab.cli.rules import COUNT, FRACTION, POSITIVE_INT, Rule
+from vitlab.cli.validate_callbacks import CALLBACK_RULES, check_callbacks
+from vitlab.cli.validate_lists import check_lists
+from vitlab.cli.validate_names import check_names
 from vitlab.errors import ConfigError
 
+__all__ = ["RULES", "Rule", "check_config", "writable_dir"]
 _ABSENT = object()
 
-
-@dataclass(frozen=True)
-class Rule:
-    """`kind`: int, float (ints accepted) or bool; `low`/`high` bounds (`open_low`/`open_high`: excluded)."""
-
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    nullable: bool = False
-
-    def allowed(self) -> str:
-        name = {int: "an integer", float: "a number", bool: "true or false"}[self.kind]
-        if self.low is not None and self.high is not None:
-            left, right = ("(" if self.open_low else "["), (")" if self.open_high else "]")
-            name += f" in {left}{self.low:g}, {self.high:g}{right}"
-        elif self.low is not None:
-            name += f" {'>' if self.open_low else '>='} {self.low:g}"
-        elif self.high is not None:
-            name += f" {'<' if self.open_high else '<='} {self.high:g}"
-        return name + (" (or null)" if self.nullable else "")
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
-        if self.kind is bool:
-            return isinstance(value, bool)
-        if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
-            return False
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
-            return False
-        return not (self.high is not None and (value >= self.high if self.open_high else value > self.high))
-
-
-POSITIVE_INT, COUNT, FRACTION = Rule(int, 1), Rule(int, 0), Rule(float, 0, 1, open_high=True)
 RULES: dict[str, Rule] = {
     "seed": Rule(int, 0, 2**32 - 1),
     "train": Rule(bool),
@@ -84,12 +51,27 @@ RULES: dict[str, Rule] = {
     "scheduler.warmup_epochs": Rule(float, 0),
     "scheduler.warmup_lr": Rule(float, 0),
     "scheduler.min_lr": Rule(float, 0),
+    # timm create_scheduler_v2 options a user may add (+scheduler.<key>=...)
+    "scheduler.warmup_prefix": Rule(bool),
+    "scheduler.decay_epochs": Rule(float, 0, open_low=True, nullable=True),
+    "scheduler.decay_rate": Rule(float, 0, open_low=True),
+    "scheduler.cooldown_epochs": Rule(float, 0),
+    "scheduler.cycle_mul": Rule(float, 0, open_low=True),
+    "scheduler.cycle_decay": Rule(float, 0, open_low=True),
+    "scheduler.cycle_limit": POSITIVE_INT,
+    "scheduler.k_decay": Rule(float, 0, open_low=True),
+    "scheduler.noise_pct": Rule(float, 0),
+    "scheduler.noise_std": Rule(float, 0),
     "module.label_smoothing": FRACTION,
     "module.compile": Rule(bool),
     "module.mixup.mixup_alpha": Rule(float, 0),
     "module.mixup.cutmix_alpha": Rule(float, 0),
     "module.mixup.prob": Rule(float, 0, 1),
     "module.mixup.switch_prob": Rule(float, 0, 1),
+    "data.augment.hflip": Rule(float, 0, 1),  # timm's: a probability
+    "data.augment.random_erasing": Rule(float, 0, 1),
+    "data.augment.rotate": Rule(float, 0),  # digits': degrees, a fraction of the side
+    "data.augment.translate": Rule(float, 0, 1),
     "model.backbone.patch_size": POSITIVE_INT,
     "model.backbone.embed_dim": POSITIVE_INT,
     "model.backbone.depth": POSITIVE_INT,
@@ -122,8 +104,7 @@ RULES: dict[str, Rule] = {
     "model.peft.bottleneck": POSITIVE_INT,
     "model.peft.scale": Rule(float),
     "model.peft.dropout": FRACTION,
-    "callbacks.model_checkpoint.save_top_k": Rule(int, -1),
-    "callbacks.early_stopping.patience": COUNT,
+    **CALLBACK_RULES,
 }
 PRECISIONS = (  # what Lightning 2.6 accepts
     "64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
@@ -137,9 +118,9 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not rule.accepts(value):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be {rule.allowed()}.")
-    widths = OmegaConf.select(cfg, "model.stem.widths", default=_ABSENT)
-    if widths is not _ABSENT and not (OmegaConf.is_list(widths) and all(POSITIVE_INT.accepts(w) for w in widths)):
-        raise ConfigError(f"model.stem.widths={widths!r} is not allowed: it must be a list of integers >= 1.")
+    check_lists(cfg)  # a scalar where a list belongs, a list of the wrong length or kind
+    check_callbacks(cfg)
+    check_names(cfg)  # optimiser, schedule, mixup mode, augmentation strings
     if OmegaConf.select(cfg, "trainer.max_epochs", default=None) == 0:
         raise ConfigError(
             "trainer.max_epochs=0 is not allowed: it must be >= 1, or -1 (no epoch limit) with trainer.max_steps "

@@ -8,6 +8,7 @@ from typing import Any
 from PIL import Image
 from timm.data import auto_augment, create_transform
 
+from vitlab.data.augment_grammar import check_augment_string, check_color_jitter
 from vitlab.errors import ConfigError
 
 
@@ -70,6 +71,9 @@ def build_transform(
     unknown = sorted(set(opts) - set(DEFAULT_AUGMENT))
     if unknown:
         raise ConfigError(f"data.augment has unknown keys {unknown}; allowed: {sorted(DEFAULT_AUGMENT)}.")
+    # the strings timm would half-read or assert on at the first epoch: refused here, naming the key
+    check_augment_string("data.augment.randaugment", opts["randaugment"])
+    check_color_jitter("data.augment.color_jitter", opts["color_jitter"])
     if opts["randaugment"]:
         use_posterize_any_bits()
     return create_transform(

@@ -65,6 +65,11 @@ def build_scheduler(optimizer: Optimizer, scheduler: Mapping[str, Any], max_epoc
         )
     except TypeError as exc:
         raise ConfigError(f"scheduler={dict(scheduler)} has an unknown key: {exc}") from exc
+    except (AssertionError, ValueError) as exc:  # timm's own checks (a schedule name, wsd's decay length)
+        raise ConfigError(
+            f"scheduler={dict(scheduler)} is not a valid timm schedule for trainer.max_epochs={max_epochs}: {exc} "
+            "Allowed schedules (scheduler.sched): cosine, tanh, step, multistep, poly, wsd, rsqrt, constant."
+        ) from exc
     if sched is None:
         raise ConfigError(f"scheduler.sched={scheduler.get('sched')!r} is not a timm scheduler.")
     return sched
