@@ -515,3 +515,50 @@ def test_the_transform_builder_refuses_a_malformed_string_itself() -> None:
 
     with pytest.raises(ConfigError, match=r"data.augment.randaugment='rand-m9-xx' is not a timm augmentation string"):
         build_transform(32, True, (0.5,) * 3, (0.5,) * 3, {"randaugment": "rand-m9-xx"})
+
+
+def _no_network(monkeypatch) -> list[tuple]:
+    """Every connection attempt fails as on a compute node without internet; nothing can download."""
+    import socket
+
+    tried: list[tuple] = []
+
+    def unreachable(*args, **kwargs):
+        tried.append(args)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    return tried
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn"])
+def test_a_download_without_a_network_names_the_url_and_the_way_out(name: str, tmp_path: Path, monkeypatch) -> None:
+    from vitlab.data.torchvision_sets import SPECS, TorchvisionDataModule, download_urls
+
+    tried = _no_network(monkeypatch)
+    dm = TorchvisionDataModule(name, str(tmp_path), download=True, num_workers=0)
+    with pytest.raises(ConfigError) as refused:
+        dm.prepare_data()
+    message = str(refused.value)
+    assert tried, "the download was never attempted"
+    assert message.startswith(f"data={name} data.download=true could not reach {download_urls(SPECS[name].cls)[0]}")
+    assert "no network connection from this machine ([Errno 101] Network is unreachable)" in message, message
+    assert f"point paths.data_dir (or data.root, now {tmp_path}) at it" in message and "\n" not in message, message
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size], "something was downloaded"
+
+
+def test_a_download_the_server_refuses_says_what_it_answered(tmp_path: Path, monkeypatch) -> None:
+    import urllib.error
+    import urllib.request
+
+    from vitlab.data.torchvision_sets import TorchvisionDataModule
+
+    def not_found(request, *args, **kwargs):
+        url = getattr(request, "full_url", request)
+        raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
+
+    _no_network(monkeypatch)
+    monkeypatch.setattr(urllib.request, "urlopen", not_found)
+    with pytest.raises(ConfigError, match=r"could not reach https://\S+: the server answered HTTP 404 Not Found"):
+        TorchvisionDataModule("cifar10", str(tmp_path), download=True, num_workers=0).prepare_data()

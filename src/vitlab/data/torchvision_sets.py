@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.error
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,39 @@ SPECS: dict[str, TorchvisionSpec] = {
 }
 
 
+def download_urls(cls: type) -> list[str]:
+    """The URLs a torchvision data set class downloads from (read from its class attributes), for messages."""
+    found: list[str] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, str) and value.startswith(("http://", "https://")) and value not in found:
+            found.append(value)
+        elif isinstance(value, (dict, list, tuple)):
+            for item in value.values() if isinstance(value, dict) else value:
+                collect(item)
+
+    for name, value in vars(cls).items():
+        if not name.startswith("__"):
+            collect(value)
+    return found
+
+
+def no_download_error(name: str, spec: TorchvisionSpec, root: Path, exc: BaseException) -> ConfigError:
+    """The paragraph for a download that could not reach its server: which URL, why, and the way out."""
+    if isinstance(exc, urllib.error.HTTPError):
+        why = f"the server answered HTTP {exc.code} {exc.reason}"
+    else:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        why = f"no network connection from this machine ({reason or type(reason).__name__})"
+    urls = " ".join(download_urls(spec.cls)) or f"torchvision's {spec.cls.__name__} URL"
+    return ConfigError(
+        f"data={name} data.download=true could not reach {urls}: {why}. Download it where there is a network "
+        f"(`vitlab-train data={name} data.download=true paths.data_dir=<dir>` fetches it and trains; or fetch the "
+        f"URL by hand), copy the folder that holds {spec.folder} to this machine, and point paths.data_dir (or "
+        f"data.root, now {root}) at it; then run without data.download."
+    )
+
+
 def labels_of(dataset: Dataset) -> np.ndarray:
     """Labels without decoding images (torchvision keeps them as `targets`, `labels` or `_labels`)."""
     for attr in ("targets", "labels", "_labels"):
@@ -99,6 +134,10 @@ class TorchvisionDataModule(ImageDataModule):
         try:
             extra = self.spec.extra or {}
             return self.spec.cls(str(self.root), **split, **extra, transform=transform, download=download)
+        except (TimeoutError, urllib.error.URLError, ConnectionError, socket.gaierror) as exc:
+            if not download:  # reading files only: not a network question
+                raise
+            raise no_download_error(self.name, self.spec, self.root, exc) from exc
         except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
             raise ConfigError(
                 f"data={self.name}: no usable copy under paths.data_dir={self.root} (expected "
