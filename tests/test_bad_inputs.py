@@ -562,3 +562,20 @@ def test_a_download_the_server_refuses_says_what_it_answered(tmp_path: Path, mon
     monkeypatch.setattr(urllib.request, "urlopen", not_found)
     with pytest.raises(ConfigError, match=r"could not reach https://\S+: the server answered HTTP 404 Not Found"):
         TorchvisionDataModule("cifar10", str(tmp_path), download=True, num_workers=0).prepare_data()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "accelerator", "devices"),
+    [
+        (["debug=fdr"], "cpu", 1),
+        (["trainer=gpu", "debug=fdr"], "gpu", 1),  # was: cpu, silently
+        (["debug=limit", "trainer=ddp_cpu"], "cpu", 2),
+        (["debug=overfit", "trainer.accelerator=gpu"], "gpu", 1),
+        (["experiment=eit/imagenet", "debug=fdr"], "cpu", 1),
+    ],
+)
+def test_a_debug_preset_keeps_the_trainer_chosen_on_the_command_line(overrides, accelerator: str, devices) -> None:
+    cfg = compose_cfg(overrides)
+    assert (cfg.trainer.accelerator, cfg.trainer.devices) == (accelerator, devices), overrides
+    assert cfg.trainer.get("fast_dev_run") or cfg.trainer.max_epochs in (3, 20)  # the preset itself still applies
+    assert cfg.task_name == "debug" and cfg.data.num_workers == 0
