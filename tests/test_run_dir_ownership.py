@@ -115,6 +115,16 @@ def test_another_experiment_is_refused_or_moved_aside_with_overwrite(tmp_path, c
     assert RunState.read(next(tmp_path.glob("run.replaced-*"))).overrides == ["optim.lr=0.001"]
 
 
+def test_overwrite_never_moves_the_folder_vitlab_was_started_in(tmp_path, capsys, monkeypatch) -> None:
+    before = _foreign(tmp_path / "project")
+    (tmp_path / "project" / "src").mkdir()
+    monkeypatch.chdir(tmp_path / "project" / "src")
+    for run_dir in (Path(".."), tmp_path / "project"):
+        err = _refusal(capsys, _claim, run_dir, overwrite=True)
+        assert "is the directory vitlab was started in, or holds it; its contents are not moved" in err, err
+    assert _snapshot(tmp_path / "project") == before and not list(tmp_path.glob("*.replaced-*"))
+
+
 @pytest.mark.parametrize("value", ["yes", 1, "maybe"])
 def test_overwrite_must_be_a_boolean(tmp_path, capsys, value) -> None:
     _foreign(tmp_path / "theirs")

@@ -107,6 +107,11 @@ def move(run_dir: Path, key: str) -> Path:
     """`move_aside`, or one paragraph when the file system does not allow it (nothing is deleted either way)."""
     from vitlab.runs.ownership import move_aside
 
+    if Path.cwd().resolve().is_relative_to(run_dir.resolve()):  # `hydra.run.dir=.`: never the user's own folder
+        refuse(
+            f"overwrite=true: {key}={run_dir} is the directory vitlab was started in, or holds it; its contents are "
+            "not moved. Choose a run directory of its own (or leave it unset for a new dated one)."
+        )
     try:
         return move_aside(run_dir)
     except OSError as exc:
