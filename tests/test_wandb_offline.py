@@ -261,4 +261,5 @@ def test_a_key_and_a_silent_server_mean_offline_after_the_timeout(tmp_path, sile
     args = [*FAST, "logger=wandb", "logger.wandb.settings.init_timeout=3"]
     run = train(args, tmp_path / "logs", env)
     waited = check_offline_run(run, f"W&B: {silent_server} did not answer within 3 s")
-    assert 3 <= waited < 3 + 10, f"{waited:.1f} s from the last line before W&B to going offline"
+    # 3 s of probe, then the offline run's start (seconds on a loaded machine); wandb alone waited 90 s and died
+    assert 3 <= waited < 30, f"{waited:.1f} s from the last line before W&B to going offline"
