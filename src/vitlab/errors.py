@@ -6,6 +6,10 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 
 class ConfigError(ValueError):
     """A configuration key, file or data set that cannot be used as given.
@@ -50,3 +54,62 @@ def unreadable_file_reason(exc: BaseException) -> str:
         )
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return first
+
+
+# errnos that mean the storage, not the program, failed: a run can continue once the storage is fixed
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EIO: "an input/output error (a failing disk, or a network file system that went away)",
+    errno.EFBIG: "the file is larger than the file system allows",
+}
+
+
+class WriteFailed(ConfigError):
+    """A file could not be written (a full disk, a quota, a read-only or failing file system, no permission).
+
+    The writer left nothing half-written under the file's name (see `vitlab.runs.files`); `way_out` says how
+    to go on. `vitlab.cli.runner` adds the run directory to it.
+    """
+
+    def __init__(self, path: Path | str | None, error: OSError, way_out: str | None = None) -> None:
+        self.path, self.error = path, error
+        self.errno = error.errno
+        self.way_out = way_out or "Free space (or fix the file system), then run the command again."
+        super().__init__(f"{self.what()}. {self.way_out}")
+
+    def what(self) -> str:
+        """`could not write <file>: <what the errno means> (ENOSPC)`."""
+        code = errno.errorcode.get(self.errno or -1)
+        meaning = STORAGE_ERRNOS.get(self.errno or -1) or (
+            os.strerror(self.errno) if self.errno else " ".join(str(self.error).split())
+        )
+        return f"could not write {self.path or 'a file'}: {meaning}" + (f" ({code})" if code else "")
+
+    def with_way_out(self, way_out: str) -> WriteFailed:
+        """The same failure with another way out (e.g. the resume command of the run it happened in)."""
+        return WriteFailed(self.path, self.error, way_out)
+
+    def with_path(self, path: Path | str) -> WriteFailed:
+        """The same failure named by another file (the final name of a temporary file)."""
+        return WriteFailed(path, self.error, self.way_out)
+
+
+def find_write_failure(exc: BaseException) -> WriteFailed | None:
+    """The storage failure behind `exc`: a `WriteFailed` vitlab raised, or an `OSError` from any writer (Lightning,
+    a logger) whose errno says the storage failed (`STORAGE_ERRNOS`). The whole chain is searched and the
+    earliest `WriteFailed` wins (on a full disk Lightning's clean-up, a logger's last flush, fails too, after the
+    write that stopped the run); a bare `OSError` counts only when vitlab's writers raised none."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    named: WriteFailed | None = None
+    bare: WriteFailed | None = None
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, WriteFailed):
+            named = cur
+        elif isinstance(cur, OSError) and cur.errno in STORAGE_ERRNOS:
+            bare = WriteFailed(cur.filename, cur)
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return named or bare

@@ -20,7 +20,7 @@ from pathlib import Path
 from vitlab.bench.env import environment, header
 from vitlab.bench.layers import ENTRIES, REFERENCE_PACKAGES, reference_of
 from vitlab.bench.rounds import MIN_ROUNDS, Spread, ratios
-from vitlab.runs.files import write_json
+from vitlab.runs.files import atomic_open, write_json, write_text
 
 log = logging.getLogger("vitlab")
 SHAPE_KEYS = ("batch_size", "dim", "heads", "device")
@@ -83,7 +83,7 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"settings": settings, "env": env, "results": results}
     write_json(out_dir / "attention.json", record)
-    (out_dir / "attention.md").write_text(render_markdown(results, settings, env))
+    write_text(out_dir / "attention.md", render_markdown(results, settings, env))
     plot(results, out_dir / "attention.png", settings)
     return results
 
@@ -190,5 +190,6 @@ def plot(results: list[dict], path: Path, settings: dict) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_open(path, "wb") as handle:  # whole or absent, like every file vitlab writes
+        fig.savefig(handle, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vitlab.bench.rounds import Spread, interleave, ratios
-from vitlab.runs.files import write_json
+from vitlab.runs.files import write_json, write_text
 
 
 def _train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, n: int) -> float:
@@ -102,5 +102,5 @@ def run(cfg: Any, out_dir: Path) -> Path:
     saved = {k: v.as_dict() if isinstance(v, Spread) else v for k, v in record.items()}
     write_json(out_dir / "compile.json", {"env": env, "model": name, **saved})
     md = out_dir / "compile.md"
-    md.write_text(render_markdown(record, name, img_size, rounds, device, header(env)))
+    write_text(md, render_markdown(record, name, img_size, rounds, device, header(env)))
     return md

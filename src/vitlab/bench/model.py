@@ -11,7 +11,7 @@ from torch import nn
 
 from vitlab.bench.transfer import timed_train_step
 from vitlab.models.summary import param_counts
-from vitlab.runs.files import write_json
+from vitlab.runs.files import write_json, write_text
 from vitlab.training.cost import macs_breakdown
 
 
@@ -38,12 +38,13 @@ def write_report(record: dict, name: str, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / f"model_{name}.json", {**record, "env": env})
     md = out_dir / f"model_{name}.md"
-    md.write_text(
+    write_text(
+        md,
         f"{header(env)}\n\n"
         "| model | params | trainable | GMACs/img | GMACs/img without attention products | train img/s |\n"
         "|---|---:|---:|---:|---:|---:|\n"
         f"| {name} @ {record['img_size']} px | {record['params/total']:,} | {record['params/trainable']:,} | "
         f"{record['cost/macs_per_image'] / 1e9:.3f} | {record['cost/macs_no_attn_per_image'] / 1e9:.3f} | "
-        f"{record['cost/train_img_per_s']:.1f} (batch {record['batch_size']}, {record['device']}) |\n"
+        f"{record['cost/train_img_per_s']:.1f} (batch {record['batch_size']}, {record['device']}) |\n",
     )
     return md

@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 
 from vitlab.bench.rounds import Spread, interleave, ratios
 from vitlab.console import console_script
-from vitlab.runs.files import write_json
+from vitlab.runs.files import write_json, write_text
 from vitlab.training.first_step import FirstStepExit
 
 IMPORT_FLOOR = "import torch, pytorch_lightning, timm"
@@ -254,5 +254,5 @@ def run(cfg: Any, out_dir: Path) -> Path:
             record[name] = {k: v.as_dict() if isinstance(v, Spread) else v for k, v in part.items()}
     write_json(out_dir / "overhead.json", record)
     md = out_dir / "overhead.md"
-    md.write_text(render_markdown(startup, per_step, rounds, header(env)))
+    write_text(md, render_markdown(startup, per_step, rounds, header(env)))
     return md

@@ -28,7 +28,7 @@ from vitlab.errors import ConfigError
 from vitlab.models.geometry import TokenGeometry, geometry_of
 from vitlab.models.heads.memory_ode import MemoryODEHead
 from vitlab.models.summary import param_counts
-from vitlab.runs.files import write_json
+from vitlab.runs.files import write_json, write_text
 
 BASELINE = {"step_scalar": "reference", "step_channel": "reference", "step_dynamic": "reference", "full": "reference"}
 BASELINE |= {"reference": "head_only", "memory_ode": "head_only"}
@@ -162,5 +162,5 @@ def run(opts: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "transfer.json", record)
     md = out_dir / "transfer.md"
-    md.write_text(render_markdown(record))
+    write_text(md, render_markdown(record))
     return md

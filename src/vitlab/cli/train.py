@@ -185,11 +185,14 @@ def _export_path(cfg: DictConfig) -> Path | None:
 
 def export_backbone(model: torch.nn.Module, path: Path) -> None:
     """Save the backbone's state dict (timm keys, the classifier included) as safetensors."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from vitlab.runs.files import write_bytes
 
     backbone = getattr(model, "backbone", model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}, str(path))
+    # whole or absent: a full disk leaves no truncated .safetensors under the name a later run loads
+    write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}))
     log.info("backbone weights exported to %s (use model.backbone.weights=file:%s)", path, path)
 
 

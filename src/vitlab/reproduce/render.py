@@ -15,6 +15,7 @@ from vitlab.extras import is_installed, missing_extra_message
 from vitlab.reproduce.aggregate import LATE_GAIN, Cell, RowResult
 from vitlab.reproduce.convergence import STILL_RISING, converged_text
 from vitlab.reproduce.spec import PARAMS_KEYS, TableSpec
+from vitlab.runs.files import atomic_open, write_text
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,8 @@ def render_plot(results: list[RowResult], spec: TableSpec, path: Path | str) -> 
     ax.set_title(f"{spec.title} — scale {_scale_of(results)}\nfilled: ours · hollow: {spec.paper_label}", fontsize=9)
     ax.grid(alpha=0.3)
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    with atomic_open(path, "wb") as handle:  # whole or absent, like every file vitlab writes
+        fig.savefig(handle, dpi=120, format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -272,9 +274,9 @@ def write_all(
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or f"{spec.paper}_{spec.table}"
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex", "png")}
-    paths["md"].write_text(render_markdown(results, spec))
-    paths["csv"].write_text(render_csv(results, spec))
-    paths["tex"].write_text(render_latex(results, spec))
+    write_text(paths["md"], render_markdown(results, spec))
+    write_text(paths["csv"], render_csv(results, spec))
+    write_text(paths["tex"], render_latex(results, spec))
     if is_installed("plots"):
         render_plot(results, spec, paths["png"])
     else:  # the table itself needs nothing optional; only its figure does

@@ -4,7 +4,8 @@
 best-model bookkeeping), every `every_n_train_steps` optimiser steps if set, and at once when a run is
 interrupted (`vitlab.training.interrupts`). Each write goes to `last.ckpt.tmp`, is flushed to disk and then
 renamed over `last.ckpt`: a kill at any moment — a second signal, SIGKILL, the node going away — leaves
-the previous complete checkpoint or the new one, never a truncated file.
+the previous complete checkpoint or the new one, never a truncated file; a failed write (a full disk) removes
+the `.tmp` and is raised as `vitlab.errors.WriteFailed` naming `last.ckpt`.
 
 A checkpoint holds the model, optimiser, scheduler, AMP grad scaler, callback states (EMA, best-model
 tracking), the loops' progress and the training loader's position in its epoch (`ResumableLoader`);
@@ -21,8 +22,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
-from vitlab.errors import ConfigError
-from vitlab.runs.files import fsync_replace
+from vitlab.errors import ConfigError, WriteFailed
+from vitlab.runs.files import discard, fsync_replace, tmp_name
 
 log = logging.getLogger("vitlab")
 
@@ -85,12 +86,21 @@ class LastCheckpoint(StepBoundaries):
 
     def save(self, trainer: pl.Trainer) -> Path:
         """Write last.ckpt now (every rank must call this: Lightning gathers state and synchronises)."""
-        tmp = self.path.with_name(LAST + ".tmp")
-        if trainer.is_global_zero:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            fsync_replace(tmp, self.path)
+        tmp = tmp_name(self.path)
+        try:
+            if trainer.is_global_zero:
+                self.dirpath.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                fsync_replace(tmp, self.path)
+        except BaseException as exc:  # the previous last.ckpt stays; no half-written file is left beside it
+            if trainer.is_global_zero:
+                discard(tmp)
+            if isinstance(exc, OSError):
+                raise WriteFailed(self.path, exc) from exc
+            if isinstance(exc, WriteFailed) and exc.path == tmp:
+                raise exc.with_path(self.path) from exc.error  # name the checkpoint, not its temporary file
+            raise
         trainer.strategy.barrier("LastCheckpoint.save")
         self.last_saved_step = trainer.global_step
         return self.path

@@ -22,6 +22,7 @@ from vitlab.errors import ConfigError
 from vitlab.extras import MissingExtra, is_installed, missing_extra_message
 from vitlab.models.summary import param_counts, trainable_rows
 from vitlab.runs.state import task_overrides
+from vitlab.training.atomic_checkpoint_io import checkpoint_plugins
 from vitlab.training.epoch_log import EpochLog
 from vitlab.training.module import ClassificationModule
 from vitlab.training.optim import scale_lr
@@ -76,8 +77,14 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = N
     # the bar redraws one line on a terminal; in a SLURM log or a pipe it is noise (EpochLog writes lines there)
     bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     try:
+        plugins = checkpoint_plugins(instantiate(cfg.trainer.get("plugins"), _convert_="all"))  # atomic checkpoints
         return instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_progress_bar=bar, _convert_="all"
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            enable_progress_bar=bar,
+            plugins=plugins,
+            _convert_="all",
         )
     except Exception as exc:  # Lightning's own checks (strategy, devices): its message, as one paragraph
         cause = exc.__cause__ or exc
