@@ -5,11 +5,15 @@
 stopped the run (the checkpoint it continues from is written; exit code 128 + signal, also in a sweep).
 In a multirun a failed job is recorded and the sweep goes on; a single run exits non-zero. User errors
 (`ConfigError`) are printed as one paragraph without a traceback; anything else keeps its traceback. W&B
-runs are always finished.
+runs are always finished. A file that cannot be written (a full disk, a quota, a read-only or failing file
+system; `vitlab.errors.WriteFailed`) fails the run with one paragraph naming the file, the errno's meaning and
+`vitlab-train resume=<run dir>`; when `results.json` or `run.json` cannot be written either, the record is
+printed on stderr instead of being lost.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -27,10 +31,10 @@ from pytorch_lightning.utilities import rank_zero_only
 from vitlab.cli.in_place import ENV_RESUME, Attempt
 from vitlab.cli.slurm import requeue, should_requeue
 from vitlab.cli.unknown_keys import unknown_key_error
-from vitlab.errors import find_config_error, user_message
+from vitlab.errors import WriteFailed, find_config_error, find_write_failure, user_message
 from vitlab.provenance import git_state
-from vitlab.runs.files import RESULTS_FILE, results_status, write_json
-from vitlab.runs.state import task_overrides
+from vitlab.runs.files import RESULTS_FILE, jsonable, results_status, write_json, write_text
+from vitlab.runs.state import RUN_FILE, RunState, task_overrides
 from vitlab.runs.wandb_login import should_force_offline
 from vitlab.training.interrupts import StopNow, TrainingInterrupted, catch_interrupts, signal_name
 from vitlab.training.quiet import quiet_third_party
@@ -123,7 +127,7 @@ def run_task(
     try:
         if is_rank_zero:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         with catch_interrupts():
             task(cfg, record)
         record["status"] = "ok"
@@ -135,7 +139,10 @@ def run_task(
         print(f"\nvitlab: {exc}\n", file=sys.stderr)
     except Exception as exc:  # record every failure; re-raise below unless the sweep must go on
         exit_code = 1
-        user_error = find_config_error(exc) or unknown_key_error(exc, cfg)
+        failure = find_write_failure(exc)  # first: a WriteFailed is a ConfigError too, but gets the way out here
+        user_error = (failure.with_way_out(way_out(out_dir, attempt)) if failure else None) or (
+            find_config_error(exc) or unknown_key_error(exc, cfg)
+        )
         record["status"] = "failed"
         record["error"] = user_message(user_error) if user_error else f"{type(exc).__name__}: {exc}"
         if user_error is None:
@@ -161,9 +168,9 @@ def run_task(
         if record["status"] == "ok":
             record.pop("error")  # only a failed run has one: a finished run's results.json holds no nulls
         if is_rank_zero and out_dir.is_dir():
-            write_json(results_path, record)
-            if attempt is not None and attempt.state is not None:
-                attempt.state.write(out_dir)
+            state = attempt.state if attempt is not None else None
+            if write_records(out_dir, record, state, way_out(out_dir, attempt)) is not None and not exit_code:
+                exit_code = 1  # the run's result is not on disk: not a success
         if attempt is not None:
             attempt.release()
     if interrupt is not None:
@@ -173,6 +180,51 @@ def run_task(
     if exit_code and not is_multirun():
         raise SystemExit(2 if record.get("traceback") is None else 1)
     return record
+
+
+def way_out(out_dir: Path, attempt: Attempt | None) -> str:
+    """What to do after a write failure: a training run continues in its directory; anything else runs again."""
+    if attempt is None:
+        return "Free space (or fix the file system), then run the command again."
+    return (
+        "Nothing half-written is left under a checkpoint's name. Free space (or fix the file system), then continue "
+        f"the run from its last complete checkpoint: `vitlab-train resume={out_dir}`."
+    )
+
+
+def write_records(out_dir: Path, record: dict[str, Any], state: RunState | None, after: str) -> WriteFailed | None:
+    """Write `results.json` and `run.json` (this attempt's end), each whole; None when both are on disk.
+
+    When one cannot be written, a run that was `ok` becomes `failed` (its result is not on disk), both are
+    tried once more (a small record may fit where a checkpoint did not), and what still cannot be written is
+    printed on stderr with the record: a result is never lost silently. Returns the write failure, if any."""
+    failure = _try_records(out_dir, record, state)
+    if failure is None:
+        return None
+    failure = failure.with_way_out(after)
+    if record.get("status") == "ok":
+        record.update(status="failed", error=str(failure))
+        if state is not None and state.attempts:
+            state.attempts[-1]["status"] = "failed"
+        report(str(failure), user_error=True)
+    still = _try_records(out_dir, record, state)
+    if still is not None:
+        text = json.dumps(jsonable({k: v for k, v in record.items() if k != "traceback"}), allow_nan=False)
+        print(f"vitlab: {still.what()}; the run's record is here instead: {text}\n", file=sys.stderr)
+    return failure
+
+
+def _try_records(out_dir: Path, record: dict[str, Any], state: RunState | None) -> WriteFailed | None:
+    failure = None
+    writes = [(RESULTS_FILE, lambda: write_json(out_dir / RESULTS_FILE, record))]
+    if state is not None:
+        writes.append((RUN_FILE, lambda: state.write(out_dir)))
+    for name, write in writes:
+        try:
+            write()
+        except (WriteFailed, OSError) as exc:  # a writer's failure, or mkdir's own OSError
+            failure = failure or (exc if isinstance(exc, WriteFailed) else WriteFailed(out_dir / name, exc))
+    return failure
 
 
 def mark_wandb_preempting() -> None:
