@@ -2,7 +2,7 @@
 
 timm's `DropPath` draws one Bernoulli(keep) per sample from the process's generator. Under DDP each rank draws
 for its own slice of the global batch, so the same image gets another mask on 2 processes than on 1, and the
-runs part (docs/resume.md#one-process-vs-ddp). `SeededDropPath` draws the same Bernoulli(keep) — the same
+runs part (docs/resume.md#what-is-exact-and-why). `SeededDropPath` draws the same Bernoulli(keep) — the same
 `x · mask / keep` — from a hash of (the sample's seed, the drop-path site), where the sample seed is the one the
 training sampler pairs with the image (`vitlab.data.sampling.EpochSampler`: (run seed, epoch, image index)).
 A mask then depends on which image it is, in which epoch and at which block, not on the rank, the number of
