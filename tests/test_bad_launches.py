@@ -56,8 +56,23 @@ def test_a_slurm_launcher_without_sbatch_and_srun_names_both_and_the_way_out(arg
     one_paragraph(message)
     assert "sbatch and srun are not on this machine's PATH" in message
     assert "hydra/launcher=submitit_slurm" in message and "login node" in message and "basic launcher" in message
+    chosen_by = next(arg for arg in argv if arg.startswith(("local=", "hydra/launcher=")))
+    assert message.endswith(f"basic launcher: leave out {chosen_by}."), message
     if "local=slurm_example" in argv:
         assert message.startswith("local=slurm_example (which sets hydra/launcher=submitit_slurm)")
+
+
+def test_a_machine_config_that_selects_slurm_is_named_with_the_way_out(tmp_path, monkeypatch) -> None:
+    """A `configs/local/default.yaml` (loaded without an override) that selects SLURM: `~local` leaves it out."""
+    local = tmp_path / "configs" / "local"
+    local.mkdir(parents=True)
+    example = Path(__file__).resolve().parents[1] / "configs" / "local" / "slurm_example.yaml"
+    (local / "default.yaml").write_text(example.read_text())
+    monkeypatch.setenv("PATH", path_with(tmp_path, "sbatch"))
+    with pytest.raises(ConfigError) as refused:
+        check_launcher("train", ["--config-dir", str(tmp_path / "configs"), "-m", "trainer.devices=2", "seed=0,1"])
+    assert str(refused.value).startswith("local=default (which sets hydra/launcher=submitit_slurm) submits to SLURM")
+    assert str(refused.value).endswith("add ~local to leave out that machine config.")
 
 
 def test_a_slurm_launcher_names_only_the_missing_tool(tmp_path, monkeypatch) -> None:

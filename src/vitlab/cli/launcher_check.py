@@ -96,14 +96,17 @@ def check_slurm_tools(cfg: DictConfig, overrides: list[str]) -> None:
     if missing:
         choices = cfg.hydra.runtime.choices
         source = f"hydra/launcher={choices.get('hydra/launcher')}"
+        way_out = f"leave out {source}"
         local = next((o for o in overrides if o.startswith("local=")), None)
-        if local is None and not any(o.startswith("hydra/launcher=") for o in overrides) and choices.get("local"):
-            local = f"local={choices.get('local')}"  # a machine config picked up without an override
+        if local is not None:
+            way_out = f"leave out {local}"
+        elif not any(o.startswith("hydra/launcher=") for o in overrides) and choices.get("local"):
+            local = f"local={choices.get('local')}"  # a machine config (configs/local/default.yaml) picked up unasked
+            way_out = "add ~local to leave out that machine config"
         if local is not None:
             source = f"{local} (which sets {source})"
         raise ConfigError(
-            f"{source} submits to SLURM, but {' and '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} not on this machine's PATH: it is not a SLURM login node. "
-            "Submit from the cluster's login node (where `sbatch --version` answers), or run the sweep here with "
-            "Hydra's basic launcher (leave out local=... / hydra/launcher=..., or add hydra/launcher=basic)."
+            f"{source} submits to SLURM, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on "
+            "this machine's PATH: it is not a SLURM login node. Submit from the cluster's login node (where "
+            f"`sbatch --version` answers), or run the sweep here with Hydra's basic launcher: {way_out}."
         )
