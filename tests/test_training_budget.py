@@ -60,8 +60,8 @@ def test_a_warm_up_the_run_cannot_finish_is_one_line_with_the_numbers(tmp_path, 
         steps = check_training_budget(trainer, datamodule, cfg.scheduler, 1e-3)
     (line,) = [r.getMessage() for r in caplog.records if "warmup_epochs" in r.getMessage()]
     assert steps == 2 * per_epoch
-    assert f"scheduler.warmup_epochs=4 is {4 * per_epoch} optimiser steps, but this run makes {steps}" in line
-    assert "never reaches optim.lr=0.001 (it ends near 0.0005)" in line
+    assert f"scheduler.warmup_epochs=4 is {4 * per_epoch} optimiser steps and this run makes {steps}" in line
+    assert f"its last update uses {1e-3 * (steps - 1) / (4 * per_epoch):.3g} (optim.lr=0.001 is never reached)" in line
     caplog.clear()
     cfg = _cfg(tmp_path, "trainer.max_epochs=5", "scheduler.warmup_epochs=4")
     with caplog.at_level(logging.WARNING, logger="vitlab"):

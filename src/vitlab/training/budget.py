@@ -50,11 +50,13 @@ def check_training_budget(trainer: Any, datamodule: Any, scheduler: Mapping[str,
         # the schedule's warm-up in optimiser steps, as build_scheduler lays it out (updates per epoch)
         warmup_steps = warmup_epochs * max(1, math.ceil(steps / trainer.max_epochs))
         if warmup_steps >= steps:
+            # timm's warm-up: update t (0-based) uses start + (lr - start) * t / warmup_steps
             start = float((scheduler or {}).get("warmup_lr") or 0.0)
-            peak = start + (lr - start) * steps / warmup_steps
+            last = start + (lr - start) * (steps - 1) / warmup_steps
             log.warning(
-                "scheduler.warmup_epochs=%g is %d optimiser steps, but this run makes %d: the learning rate never "
-                "reaches optim.lr=%g (it ends near %.3g). Shorten the warm-up or lengthen the run.",
-                warmup_epochs, warmup_steps, steps, lr, peak,
+                "scheduler.warmup_epochs=%g is %d optimiser steps and this run makes %d: the learning rate rises "
+                "for the whole run, its last update uses %.3g (optim.lr=%g is never reached) and the schedule's "
+                "decay never starts. Shorten the warm-up or lengthen the run.",
+                warmup_epochs, warmup_steps, steps, last, lr,
             )  # fmt: skip
     return steps
