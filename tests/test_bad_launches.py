@@ -173,6 +173,25 @@ def test_a_global_batch_the_processes_cannot_share_is_refused_with_the_nearest_s
     check_batch_split(cfg, 2)
 
 
+def test_an_optimiser_option_timm_refuses_is_found_before_the_processes_start() -> None:
+    """Under DDP each process builds the optimiser in `configure_optimizers`, after all have started; the check
+    builds it once in the launching process (and not at all for one process, where fit says it once anyway)."""
+    from pytorch_lightning.utilities.parsing import AttributeDict
+    from torch import nn
+
+    from vitlab.cli.trainer_check import check_optimisation
+
+    optim = {"opt": "adamw", "lr": 1e-3, "foo": 1}
+    module = SimpleNamespace(model=nn.Linear(2, 2), hparams=AttributeDict(optim=optim, scheduler=None))
+    with pytest.raises(ConfigError, match=r"is not a valid timm optimiser configuration: .*'foo'"):
+        check_optimisation(module, SimpleNamespace(world_size=2, max_epochs=1), 10)
+    check_optimisation(module, SimpleNamespace(world_size=1, max_epochs=1), 10)
+    module.hparams.optim = {"opt": "adamw", "lr": 1e-3}
+    module.hparams.scheduler = {"sched": "cosine", "warmup_epochs": 0, "cooldown_epochs": 0, "bogus": 1}
+    with pytest.raises(ConfigError, match=r"scheduler=.* has an unknown key"):
+        check_optimisation(module, SimpleNamespace(world_size=2, max_epochs=1), 10)
+
+
 @pytest.mark.slow
 def test_a_config_error_under_ddp_cpu_is_said_once_before_the_processes_start(tmp_path) -> None:
     run = run_cli("train", [*TINY, "trainer=ddp_cpu", "data.batch_size=33"], tmp_path)

@@ -56,7 +56,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
     from pytorch_lightning import seed_everything
 
-    from vitlab.cli.trainer_check import check_batch_split, check_trainer
+    from vitlab.cli.trainer_check import check_batch_split, check_optimisation, check_trainer
     from vitlab.data.corrupt import skipped_files
     from vitlab.models.summary import param_counts
     from vitlab.provenance import provenance
@@ -98,7 +98,9 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
 
     if cfg.get("train", True):
         # no optimiser step or no validation image: refused now, not recorded ok after training nothing
-        check_training_budget(trainer, datamodule, cfg.get("scheduler"), float(OmegaConf.select(cfg, "optim.lr") or 0))
+        lr = float(OmegaConf.select(cfg, "optim.lr") or 0)
+        steps = check_training_budget(trainer, datamodule, cfg.get("scheduler"), lr)
+        check_optimisation(module, trainer, steps)  # under DDP: its errors once, before the other processes start
         _fit(trainer, module, datamodule, cfg.get("ckpt_path"))
         record["val/acc"] = _best_val(trainer)
         record["epochs"] = trainer.fit_loop.epoch_progress.total.processed  # also right after an early stop

@@ -3,8 +3,9 @@
 Lightning checks `accelerator`, `strategy` and `devices` one at a time, and only as the Trainer is built:
 `trainer=fsdp` with a preset that selects the CPU (`debug=...`, a `local` config, `trainer.accelerator=cpu`) ended
 in a ValueError traceback, `trainer=ddp` on the CPU in a TypeError about `devices=-1`, and a global batch that the
-processes cannot share evenly was found by every process after all of them had started (printed once each). Here
-each is one paragraph that names both settings, where they came from, and the way out.
+processes cannot share evenly, or an optimiser option timm refuses, was found by every process after all of them
+had started (printed once each). Here each is one paragraph, said once: it names the settings, where they came
+from, and the way out.
 """
 
 from __future__ import annotations
@@ -62,6 +63,18 @@ def check_batch_split(cfg: DictConfig, world_size: int) -> None:
             f"{world_size} (trainer.devices={_text(trainer.get('devices'))} x trainer.num_nodes="
             f"{trainer.get('num_nodes', 1)}). Use data.batch_size={low or high} or {high}."
         )
+
+
+def check_optimisation(module: Any, trainer: Any, steps: int | None) -> None:
+    """Build the optimiser and the schedule once and drop them, when Lightning is about to start more processes:
+    each would build them in `configure_optimizers` after all had started, and print the same error once each."""
+    if trainer.world_size < 2 or not hasattr(module, "hparams"):
+        return
+    from vitlab.training.optim import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer(module.model, module.hparams.optim)
+    if module.hparams.get("scheduler"):
+        build_scheduler(optimizer, module.hparams.scheduler, trainer.max_epochs, steps or 1)
 
 
 def _strategies() -> list[str]:
