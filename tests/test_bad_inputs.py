@@ -415,6 +415,25 @@ def test_an_out_of_range_callback_option_names_the_key_and_what_is_allowed(key: 
 
 
 @pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+callbacks.dynamics_monitor.every=2",
+            "(vitlab.training.dynamics_monitor.DynamicsMonitor). Its options: none.",
+        ),
+        ("+callbacks.model_checkpoint.save_topk=2", "Did you mean callbacks.model_checkpoint.save_top_k?"),
+        ("+callbacks.lr_monitor.interval=step", "Its options: logging_interval, log_momentum, log_weight_decay."),
+    ],
+)
+def test_a_key_a_callback_does_not_take_names_its_options(override: str, message: str) -> None:
+    key = override.lstrip("+").split("=")[0]
+    with pytest.raises(ConfigError) as refused:  # was: "DynamicsMonitor() takes no arguments", a traceback
+        check_config(_with(key, 2))
+    text = str(refused.value)
+    assert text.startswith(f"{key} is not an option of {key.rsplit('.', 1)[0]} (") and message in text, text
+
+
+@pytest.mark.parametrize(
     ("key", "value"),
     [
         ("callbacks.ema.decay", 0.9999),

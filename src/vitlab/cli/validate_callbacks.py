@@ -9,11 +9,13 @@ tests/test_bad_inputs.py fails when a callback config gains an option without on
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.cli.rules import COUNT, POSITIVE_INT, Rule, is_one_of, refuse_name
+from vitlab.cli.rules import COUNT, POSITIVE_INT, Rule, closest, is_one_of, refuse_name
+from vitlab.errors import ConfigError
 
 _ABSENT = object()
 NULLABLE_COUNT, NUMBER, FLAG = Rule(int, 0, nullable=True), Rule(float, nullable=True), Rule(bool)
@@ -62,9 +64,44 @@ def _monitor_ok(value: Any, nullable: bool) -> bool:
     return isinstance(value, str) and (value in METRICS or value.startswith("dynamics/"))
 
 
+def _options(target: str) -> list[str] | None:
+    """The keyword arguments `target` takes, or None when it takes any (`**kwargs`) or cannot be imported (then
+    instantiating it says why)."""
+    from hydra.utils import get_object
+
+    try:
+        parameters = inspect.signature(get_object(target)).parameters.values()
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_callback_keys(cfg: DictConfig) -> None:
+    """Raise `ConfigError` for a key a callback does not take (`+callbacks.dynamics_monitor.every=2`: Lightning's
+    instantiate would fail with "takes no arguments", which names no key), with its options and the closest one."""
+    callbacks = cfg.get("callbacks")
+    if not OmegaConf.is_dict(callbacks):
+        return
+    for name, node in callbacks.items():
+        if not OmegaConf.is_dict(node) or "_target_" not in node:
+            continue
+        options = _options(str(node["_target_"]))
+        unknown = [k for k in node if not str(k).startswith("_") and options is not None and k not in options]
+        if unknown:
+            path, guess = f"callbacks.{name}", closest(unknown[0], options or [])
+            hint = f" Did you mean {path}.{guess}?" if guess else ""
+            raise ConfigError(
+                f"{path}.{unknown[0]} is not an option of {path} ({node['_target_']}). Its options: "
+                f"{', '.join(options or []) or 'none'}.{hint}"
+            )
+
+
 def check_callbacks(cfg: DictConfig) -> None:
     """Raise `ConfigError` (key, value, what is allowed) for the first callback option that cannot work; the
     numeric options are `CALLBACK_RULES`, checked with the other rules by `vitlab.cli.validate.check_config`."""
+    check_callback_keys(cfg)
     for key, allowed in CALLBACK_CHOICES.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not is_one_of(value, allowed):
