@@ -191,6 +191,10 @@ def test_a_server_that_cannot_be_used_means_offline_in_one_line(fake_wandb, tmp_
     (line,) = [r.getMessage() for r in caplog.records]
     why = "http://wandb.example is unreachable" if failure == "unreachable" else "wandb.init failed online"
     assert line.startswith(f"W&B: {why}") and "Upload it later with `wandb sync " in line, line
+    from wandb.analytics.opentelemetry import opentelemetry_proxy
+
+    # wandb's usage analytics would post to the server at exit, 10 s per try against a silent one
+    assert opentelemetry_proxy.get_open_telemetry_proxy() is None
 
 
 @pytest.mark.parametrize("value", ["soon", 0, -5])

@@ -131,6 +131,7 @@ class FailSafeWandbLogger(WandbLogger):
     def _start_offline(self, init: dict[str, Any], settings: dict[str, Any], reason: str) -> Any:
         import wandb
 
+        stop_wandb_analytics()
         # silent: wandb's own offline banner would repeat, over three lines, what the line below says
         run = wandb.init(**{**init, "mode": "offline"}, settings={**settings, "silent": True})
         run_dir = Path(run.dir).parent  # <save_dir>/wandb/offline-run-<time>-<id>: what `wandb sync` uploads
@@ -168,6 +169,18 @@ def base_url(settings: dict[str, Any]) -> str:
     import wandb
 
     return str(wandb.setup().settings.base_url)
+
+
+def stop_wandb_analytics() -> None:
+    """Keep wandb's usage analytics from posting to the server at exit: they follow wandb's session, which
+    started online (the credential check), so an offline run still tried, 10 s per try against a silent
+    server or a firewall that drops packets. The module is wandb's internal one: if it moves, nothing breaks."""
+    try:
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+
+        opentelemetry_proxy.disable()
+    except (ImportError, AttributeError):
+        pass
 
 
 def first_line(exc: BaseException) -> str:
