@@ -120,6 +120,7 @@ def fake_wandb(monkeypatch, tmp_path) -> Iterator[Any]:
         monkeypatch.setattr(wandb, "init", fake.init)
         monkeypatch.setattr(wandb, "run", None)
         monkeypatch.setattr(wandb_logger, "has_wandb_credentials", lambda: key)
+        monkeypatch.setattr(wandb_logger, "UNREACHABLE", {})  # each test is a process of its own
         monkeypatch.setattr(wandb_logger, "base_url", lambda settings: "http://wandb.example")
         monkeypatch.setattr(
             wandb_logger, "server_unreachable", lambda url, t: None if reachable else f"{url} is unreachable (test)"
@@ -128,6 +129,21 @@ def fake_wandb(monkeypatch, tmp_path) -> Iterator[Any]:
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     yield install
+
+
+def test_a_sweep_waits_for_a_silent_server_once(monkeypatch, silent_server) -> None:
+    """The jobs of a multirun share a process: the second job goes offline at once."""
+    monkeypatch.setattr(wandb_logger, "UNREACHABLE", {})
+    monkeypatch.setattr(wandb_logger, "has_wandb_credentials", lambda: True)
+    monkeypatch.setattr(wandb_logger, "base_url", lambda settings: silent_server)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    waits = []
+    for _ in range(2):
+        start = time.monotonic()
+        reason = FailSafeWandbLogger(project="vitlab", settings={"init_timeout": 1})._offline_reason(None, {})
+        waits.append(time.monotonic() - start)
+    assert reason == f"{silent_server} did not answer within 1 s (found by an earlier run of this process)"
+    assert waits[0] > 0.9 and waits[1] < 0.2, waits
 
 
 def make_logger(tmp_path: Path, **kwargs: Any) -> FailSafeWandbLogger:

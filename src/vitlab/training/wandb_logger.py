@@ -30,6 +30,7 @@ log = logging.getLogger("vitlab")
 
 DEFAULT_TIMEOUT_S = 30.0
 OFFLINE_MODES = ("offline", "dryrun")
+UNREACHABLE: dict[str, str] = {}  # base URL -> why, for the rest of this process (a multirun's jobs)
 
 
 class FailSafeWandbLogger(WandbLogger):
@@ -101,7 +102,13 @@ class FailSafeWandbLogger(WandbLogger):
             return "no API key configured (WANDB_API_KEY or `wandb login`)"
         if self._offline:
             return "logger.wandb.offline=true"
-        return server_unreachable(base_url(settings), self._timeout_s)
+        url = base_url(settings)
+        if url in UNREACHABLE:  # a sweep's later jobs in this process: no second wait for the same silence
+            return f"{UNREACHABLE[url]} (found by an earlier run of this process)"
+        reason = server_unreachable(url, self._timeout_s)
+        if reason is not None:
+            UNREACHABLE[url] = reason
+        return reason
 
     def _start_online(self, init: dict[str, Any], settings: dict[str, Any]) -> Any:
         import wandb
