@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -18,16 +19,19 @@ class ConfigError(ValueError):
     """
 
 
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc`, then the exceptions behind it (`__cause__`, else `__context__`), each once: Hydra's instantiate,
+    Lightning and torch wrap the error that says what went wrong."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def find_config_error(exc: BaseException) -> ConfigError | None:
     """Return the `ConfigError` behind `exc` (Hydra's instantiate wraps errors from targets), if any."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, ConfigError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
+    return next((cur for cur in exception_chain(exc) if isinstance(cur, ConfigError)), None)
 
 
 def user_message(error: BaseException) -> str:
@@ -101,15 +105,11 @@ def find_write_failure(exc: BaseException) -> WriteFailed | None:
     a logger) whose errno says the storage failed (`STORAGE_ERRNOS`). The whole chain is searched and the
     earliest `WriteFailed` wins (on a full disk Lightning's clean-up, a logger's last flush, fails too, after the
     write that stopped the run); a bare `OSError` counts only when vitlab's writers raised none."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
     named: WriteFailed | None = None
     bare: WriteFailed | None = None
-    while cur is not None and id(cur) not in seen:
+    for cur in exception_chain(exc):
         if isinstance(cur, WriteFailed):
             named = cur
         elif isinstance(cur, OSError) and cur.errno in STORAGE_ERRNOS:
             bare = WriteFailed(cur.filename, cur)
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
     return named or bare

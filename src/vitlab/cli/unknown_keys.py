@@ -8,7 +8,7 @@ import inspect
 import re
 from typing import Any
 
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, exception_chain
 
 _UNEXPECTED = re.compile(r"(?P<func>[\w.]+)\(\) got an unexpected keyword argument '(?P<arg>\w+)'")
 
@@ -19,10 +19,7 @@ def unknown_key_error(exc: BaseException, cfg: Any) -> ConfigError | None:
     closest ones; None if `exc` is not that."""
     from omegaconf import DictConfig
 
-    cause, seen = exc, set()
-    while cause is not None and id(cause) not in seen and not isinstance(cause, TypeError):
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
+    cause = next((cur for cur in exception_chain(exc) if isinstance(cur, TypeError)), None)
     match = _UNEXPECTED.search(str(cause)) if cause is not None else None
     if match is None or not isinstance(cfg, DictConfig):
         return None

@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from vitlab.errors import WriteFailed
+from vitlab.errors import WriteFailed, exception_chain
 
 RESULTS_FILE = "results.json"
 UNREADABLE = "unreadable"
@@ -78,14 +78,7 @@ def atomic_open(path: Path | str, mode: str = "w", **kwargs: Any) -> Iterator[IO
 def os_error_in(exc: BaseException) -> OSError | None:
     """`exc` if it is an `OSError`, else the one behind it: torch's checkpoint writer reports a full disk as a
     `RuntimeError` ("unexpected pos") raised while handling the `OSError`."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, OSError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
+    return next((cur for cur in exception_chain(exc) if isinstance(cur, OSError)), None)
 
 
 def write_text(path: Path | str, text: str) -> None:
