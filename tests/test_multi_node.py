@@ -138,8 +138,10 @@ def test_sigkill_of_either_node_then_resume_on_both_is_bit_identical(node: int, 
     assert (run_dir / "checkpoints" / "last.ckpt").is_file(), why
 
     resumed = finish(launch_nodes([f"resume={run_dir}"], run_dir))
-    for rank, (code, err) in enumerate(resumed):
-        assert code == 0, f"{why}: resumed node {rank} exit {code}\n{err[-3000:]}"
+    logs = "\n".join(
+        f"--- resumed node {rank}, exit {code}:\n{err[-2500:]}" for rank, (code, err) in enumerate(resumed)
+    )
+    assert all(code == 0 for code, _ in resumed), f"{why}\n{logs}"
     result = json.loads((run_dir / "results.json").read_text())
     start = json.loads((run_dir / "run.json").read_text())["attempts"][-1]["resumed_from"]
     assert result["status"] == "ok" and result["world_size"] == 2, f"{why}: {result}"

@@ -52,12 +52,13 @@ class ClaimRunDirectory(Callback):
             check_last_checkpoint(run_dir, f"hydra.run.dir={run_dir}", flag(config, "resume.fallback"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vitlab.cli.hydra_callbacks import CheckRunDirectory
         from vitlab.runs.ownership import foreign_sweep, is_rank_zero, ways_out
 
         if not is_rank_zero():
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        what = foreign_sweep(sweep_dir)
+        what = foreign_sweep(sweep_dir, f"{CheckRunDirectory.__module__}.{CheckRunDirectory.__name__}")
         if what is None:
             return
         if not flag(config, "overwrite"):

@@ -18,7 +18,6 @@ from vitlab.runs.state import RUN_FILE, RunState
 
 START_FILES = (".hydra", ".lock")  # and *.log: Hydra's job log, appended to, never replaced
 MULTIRUN_FILE = "multirun.yaml"
-VITLAB_CALLBACK = "vitlab.cli.hydra_callbacks.CheckRunDirectory"  # in every multirun.yaml vitlab's Hydra writes
 # a process's rank as Lightning and its launchers set it; NODE_RANK/GROUP_RANK: a node > 0 of a multi-node
 # launch, started by hand before Lightning sets RANK (its local rank 0 is not the run's rank 0)
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK", "GROUP_RANK")
@@ -62,14 +61,15 @@ def foreign_contents(run_dir: Path, task: str = "train") -> str | None:
     return f"holds {listed(names)} ({why})"
 
 
-def foreign_sweep(sweep_dir: Path) -> str | None:
+def foreign_sweep(sweep_dir: Path, marker: str) -> str | None:
     """What makes a sweep directory not vitlab's: a `multirun.yaml` that vitlab did not write (Hydra replaces
-    it when the sweep starts). Its job folders are checked one by one when each job starts."""
+    it when the sweep starts), i.e. one without `marker` (the dotted name of a Hydra callback that every
+    vitlab config registers). Its job folders are checked one by one when each job starts."""
     path = sweep_dir / MULTIRUN_FILE
     if not path.exists():
         return None
     try:
-        if VITLAB_CALLBACK in path.read_text(errors="replace"):
+        if marker in path.read_text(errors="replace"):
             return None
     except OSError:
         pass
