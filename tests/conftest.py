@@ -91,3 +91,15 @@ def assert_identical(run_dir: Path, reference: Path, why: str) -> None:
 def _clear_hydra() -> None:
     yield
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment() -> None:
+    """Each test starts from the environment the session started with: code under test sets variables for the
+    processes it starts (e.g. `open_attempt` hands rank 0's decision to ranks > 0 in VITLAB_RESUME_FROM, W&B's
+    mode), and a later test's subprocesses, which inherit `os.environ`, must not act on another test's values."""
+    before = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    os.environ.update(before)

@@ -47,7 +47,8 @@ def launch_nodes(args: list[str], run_dir: Path, kill_at: str | None = None) -> 
     for node in (0, 1):
         env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(node), RANK=str(node))
-        env.pop("HYDRA_FULL_ERROR", None)
+        for key in ("HYDRA_FULL_ERROR", "VITLAB_RESUME_FROM", "LOCAL_RANK", "WORLD_SIZE"):  # each node decides itself
+            env.pop(key, None)
         start = [sys.executable, "-m", "vitlab.cli.train"]
         if kill_at is not None:
             env["VITLAB_TEST_KILL_AT"] = kill_at
