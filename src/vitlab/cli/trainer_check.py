@@ -36,17 +36,20 @@ def check_trainer(cfg: DictConfig) -> None:
         )
     if not _runs_on_cpu(accelerator):
         return
-    cpu = f"trainer.accelerator={accelerator}{_origin(cfg, 'accelerator')}"
+
+    def cpu() -> str:  # composes to find where the setting came from: only on the error path
+        return f"trainer.accelerator={accelerator}{_origin(cfg, 'accelerator')}"
+
     if isinstance(strategy, str) and strategy.startswith(GPU_ONLY_STRATEGIES):
         raise ConfigError(
-            f"trainer.strategy={strategy}{_origin(cfg, 'strategy')} shards the model across GPUs, but {cpu}: it "
+            f"trainer.strategy={strategy}{_origin(cfg, 'strategy')} shards the model across GPUs, but {cpu()}: it "
             "cannot run on the CPU. For several processes on the CPU use trainer=ddp_cpu; for "
             f"{strategy} run on GPU nodes without the CPU setting."
         )
     if devices == -1 or OmegaConf.is_list(devices) or (isinstance(devices, str) and "," in devices):
         raise ConfigError(
             f"trainer.devices={_text(devices)}{_origin(cfg, 'devices')} counts GPUs (-1: all of them, or a list "
-            f"of GPU indices), but {cpu}. Give a number of CPU processes instead: trainer=ddp_cpu (2 processes) "
+            f"of GPU indices), but {cpu()}. Give a number of CPU processes instead: trainer=ddp_cpu (2 processes) "
             "or trainer.devices=<n>; or run on a GPU node without the CPU setting."
         )
 
