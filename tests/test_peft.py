@@ -187,7 +187,7 @@ def test_ssf_scale_and_shift_merge_into_the_frozen_linear_weights() -> None:
 
 def test_vpt_deep_matches_a_manual_forward_with_replaced_prompts() -> None:
     stock, tuned = tiny(None).eval(), tiny("vpt_deep").eval()
-    vit, prompts = stock.backbone, tuned.backbone.vpt_prompts.prompts
+    vit, prompts = stock.backbone, [block.vpt.prompts for block in tuned.backbone.blocks]
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         t = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))

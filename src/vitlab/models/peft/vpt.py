@@ -5,6 +5,9 @@ replaced by that block's own prompts P_l (the previous prompts' outputs are disc
 variant); after the last block they are removed, so the final norm and the head see the usual tokens.
 Prompts start uniform in ±√(6 / (3·p² + D)) (VPT's Xavier init for patch size p), so unlike the other
 methods VPT is not the identity at init. ViT-B/16, 10 prompts: 12·10·768 = 92,160 parameters.
+
+Each block owns its prompts (`blocks[l].vpt.prompts`, (P, D)): a tensor belongs to one block, so the
+optimiser can give block l its own learning rate (`optim.layer_decay`, `vitlab.training.layer_decay`).
 """
 
 from __future__ import annotations
@@ -18,31 +21,36 @@ from vitlab.models.classifier import Classifier
 from vitlab.models.peft.common import require_stock_attention
 
 
-class DeepPrompts(nn.Module):
-    """The prompts of every block, (L, P, D), and the hooks that insert, replace and remove them."""
+class BlockPrompts(nn.Module):
+    """The P prompts of one block, (P, D), and the hook bodies that insert or replace them."""
 
-    def __init__(self, depth: int, num_tokens: int, dim: int, num_prefix: int, patch: int, dropout: float) -> None:
+    def __init__(self, prompts: Tensor, num_prefix: int, first: bool, dropout: float) -> None:
         super().__init__()
-        bound = math.sqrt(6.0 / (3 * patch * patch + dim))
-        self.prompts = nn.Parameter(torch.empty(depth, num_tokens, dim).uniform_(-bound, bound))
-        self.num_prefix, self.drop = num_prefix, nn.Dropout(dropout)
+        self.prompts = nn.Parameter(prompts)
+        self.num_prefix, self.first, self.drop = num_prefix, first, nn.Dropout(dropout)
 
-    def prompt(self, layer: int, batch: int) -> Tensor:
-        return self.drop(self.prompts[layer]).expand(batch, -1, -1)
-
-    def insert(self, layer: int, x: Tensor) -> Tensor:
+    def insert(self, x: Tensor) -> Tensor:
         """Block 0: put the prompts after the prefix tokens; later blocks: overwrite the previous prompts."""
-        n, p = self.num_prefix, self.prompts.shape[1]
-        rest = x[:, n:] if layer == 0 else x[:, n + p :]
-        return torch.cat([x[:, :n], self.prompt(layer, x.shape[0]).to(x.dtype), rest], dim=1)
+        n, p = self.num_prefix, self.prompts.shape[0]
+        rest = x[:, n:] if self.first else x[:, n + p :]
+        prompts = self.drop(self.prompts).expand(x.shape[0], -1, -1).to(x.dtype)
+        return torch.cat([x[:, :n], prompts, rest], dim=1)
 
     def remove(self, x: Tensor) -> Tensor:
-        n, p = self.num_prefix, self.prompts.shape[1]
+        n, p = self.num_prefix, self.prompts.shape[0]
         return torch.cat([x[:, :n], x[:, n + p :]], dim=1)
 
 
+def _insert(block: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return (block.vpt.insert(args[0]), *args[1:])
+
+
+def _remove(block: nn.Module, _args: tuple[Tensor, ...], out: Tensor) -> Tensor:
+    return block.vpt.remove(out)
+
+
 def vpt_deep(model: Classifier, num_tokens: int = 10, dropout: float = 0.0) -> Classifier:
-    """Install `DeepPrompts` as `backbone.vpt_prompts` with forward hooks on every block."""
+    """Install a `BlockPrompts` as `blocks[l].vpt` of every block, with forward hooks that use it."""
     require_stock_attention(
         model,
         "vpt_deep",
@@ -51,13 +59,12 @@ def vpt_deep(model: Classifier, num_tokens: int = 10, dropout: float = 0.0) -> C
     vit = model.backbone
     patch = getattr(getattr(vit, "patch_embed", None), "patch_size", (16, 16))
     patch = patch[0] if isinstance(patch, tuple | list) else int(patch)
-    vpt = DeepPrompts(len(vit.blocks), num_tokens, vit.embed_dim, vit.num_prefix_tokens, patch, dropout)
-    vit.vpt_prompts = vpt.to(next(vit.parameters()).device)
+    bound = math.sqrt(6.0 / (3 * patch * patch + vit.embed_dim))
+    # drawn as one (L, P, D) tensor: the same values as before the prompts were split per block, for a seed
+    prompts = torch.empty(len(vit.blocks), num_tokens, vit.embed_dim).uniform_(-bound, bound)
+    device = next(vit.parameters()).device
     for layer, block in enumerate(vit.blocks):
-
-        def before(_block: nn.Module, args: tuple[Tensor, ...], layer: int = layer) -> tuple[Tensor, ...]:
-            return (vpt.insert(layer, args[0]), *args[1:])
-
-        block.register_forward_pre_hook(before)
-    vit.blocks[-1].register_forward_hook(lambda _block, _args, out: vpt.remove(out))
+        block.vpt = BlockPrompts(prompts[layer].clone(), vit.num_prefix_tokens, layer == 0, dropout).to(device)
+        block.register_forward_pre_hook(_insert)
+    vit.blocks[-1].register_forward_hook(_remove)
     return model
