@@ -36,12 +36,13 @@ test: install lint ## run ruff and the test suite (PYTEST_ARGS="-k resume" to se
 test-fast: install lint ## the quick tier (< 3 min on 2 cores): everything but the tests that start vitlab processes or train end to end
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not slurm" $(PYTEST_ARGS)
 
-bench: install ## benchmarks (~30 min on 2 cores): mixers vs length, EIT presets, transfer steps, start-up/per-step overhead, torch.compile -> outputs/bench/
+bench: install ## benchmarks (~30 min on 2 cores, plus the memory bench): mixers vs length, EIT presets, transfer steps, start-up/per-step overhead, torch.compile, training memory/MFU -> outputs/bench/
 	$(BIN)/vitlab-bench attention $(ARGS)
 	$(BIN)/vitlab-bench transfer
 	for m in eit_mini eit_tiny eit_base eit_large; do $(BIN)/vitlab-bench model model=$$m data.img_size=224 || exit 1; done
 	$(BIN)/vitlab-bench overhead
 	$(BIN)/vitlab-bench compile
+	$(BIN)/vitlab-bench memory
 
 gpu-check: install ## every GPU path on one GPU (~8 min) -> outputs/gpu_check/report.md; without CUDA: says so, exits 0
 	$(BIN)/python scripts/gpu_check.py $(ARGS)

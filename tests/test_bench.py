@@ -291,3 +291,91 @@ def test_transfer_overhead_is_the_ratio_within_each_round() -> None:
     record["trainable_no_head"]["step_scalar"] = 24
     record["step_rounds_ms"] = {"reference": [100.0, 200.0, 100.0], "step_scalar": [110.0, 200.0, 120.0]}
     assert "| step_scalar | 24 | 110.0 | +10.0% (+0.0 to +20.0) vs reference |" in render_markdown(record)
+
+
+LSCPU_AVX512 = """Architecture:                            x86_64
+CPU(s):                                  2
+Model name:                              AMD EPYC
+CPU max MHz:                             3000.0000
+Flags:                                   fpu sse2 avx avx2 fma avx512f avx512bw
+"""
+
+
+def test_cpu_peak_is_cores_times_clock_times_flops_per_cycle() -> None:
+    from vitlab.bench.peak_flops import cpu_peak, cuda_peak
+
+    peak = cpu_peak(LSCPU_AVX512, fma_units=2)
+    assert peak.flops == 2 * 3.0e9 * 16 * 2 * 2  # avx512f: 16 fp32 lanes, FMA = 2 FLOPs, 2 units
+    assert "2 FMA units per core, assumed" in peak.basis and "lscpu CPU max MHz" in peak.basis
+    # no CPU max MHz (a VM): the clock of /proc/cpuinfo; avx2 + fma: 8 lanes; one core of the two
+    avx2 = LSCPU_AVX512.replace("CPU max MHz:                             3000.0000\n", "")
+    avx2 = avx2.replace(" avx512f avx512bw", "")
+    peak = cpu_peak(avx2, "processor\t: 0\ncpu MHz\t\t: 2596.138\n", fma_units=1, cores=1)
+    assert peak.flops == pytest.approx(2.596138e9 * 8 * 2) and "/proc/cpuinfo" in peak.basis
+    assert cpu_peak(avx2, "").flops is None  # no clock anywhere: no peak, never a guess
+    assert (
+        cuda_peak("NVIDIA H200", "bf16").flops == 989e12 and cuda_peak("NVIDIA A100-SXM4-80GB", "tf32").flops == 156e12
+    )
+    assert cuda_peak("NVIDIA GeForce RTX 4090", "bf16").flops is None
+
+
+def test_memory_report_ratios_are_per_round_and_mfu_uses_the_model_flops() -> None:
+    from vitlab.bench.memory import render_markdown, summarise
+
+    def cell(peak_mb: float, step_s: float, flops: int) -> dict:
+        return {"peak_mb": peak_mb, "step_s": step_s, "flops": flops, "img_size": 224, "trainable": 10}
+
+    samples = {
+        "stock": {
+            "off": [cell(1000.0, 10.0, 100), cell(1200.0, 20.0, 100)],
+            "on": [cell(400.0, 12.0, 130), cell(700.0, 40.0, 130)],  # ratios: peak 0.4, 0.583; time 1.2, 2.0
+        },
+        "lora": {"off": [cell(500.0, 5.0, 50), {"error": "boom"}], "on": [{"error": "boom"}, {"error": "boom"}]},
+    }
+    cells, pairs = summarise(["stock", "lora"], samples, batch_size=10, peak=100.0)
+    stock_on = next(c for c in cells if c["entry"] == "stock" and c["checkpointing"] == "on")
+    assert stock_on["peak_mb"] == {"median": 550.0, "min": 400.0, "max": 700.0}
+    assert stock_on["mb_per_image"] == 55.0
+    # model FLOPs (100, the count without checkpointing) / median step time 26 s / peak 100 FLOP/s
+    assert stock_on["achieved_flops_s"] == pytest.approx(100 / 26) and stock_on["mfu"] == pytest.approx(1 / 26)
+    (stock,) = pairs  # lora has no round where both cells ran: no ratio
+    assert stock["peak_ratio"]["median"] == pytest.approx((0.4 + 700 / 1200) / 2)
+    assert stock["time_ratio"] == pytest.approx({"median": 1.6, "min": 1.2, "max": 2.0})
+    assert stock["goal_met"] is False  # the peak ratio 0.49 meets <= 0.5, the time ratio 1.6 misses <= 1.4
+    record = {"settings": {"batch_size": 10, "rounds": 2, "device": "cpu", "precision": "fp32"}}
+    record |= {"cells": cells, "pairs": pairs, "peak_basis": "test peak"}
+    text = render_markdown(record, "Machine: test")
+    assert text.startswith("Machine: test") and "Fewer than 7 rounds" in text and "test peak" in text
+    assert "| stock | 0.49× (0.40–0.58) | 1.60× (1.20–2.00) | no |" in text
+    assert "| lora | on | failed: boom |" in text
+    assert "| stock @ 224 px | off | 1100 (1000–1200) | 110.0 | 15.00 (10.00–20.00) | 0.0 | 0.0 | 6.7 % |" in text
+
+
+@pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
+def test_memory_bench_runs_every_cell_on_a_tiny_vit(tmp_path) -> None:
+    sizes = ("+model.backbone.embed_dim=32", "+model.backbone.depth=2", "+model.backbone.num_heads=2")
+    tiny = "[" + ",".join(f"'{s}'" for s in sizes) + "]"  # vit_base has no such keys
+    args = ["memory", "memory.only=[stock,lora]", "memory.img_size=32", "memory.batch_size=2", "memory.rounds=1"]
+    proc = run_bench(*args, f"memory.model_overrides={tiny}", f"out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "memory.json").read_text())
+    assert [(c["entry"], c["checkpointing"]) for c in record["cells"]] == [
+        ("stock", "off"),
+        ("stock", "on"),
+        ("lora", "off"),
+        ("lora", "on"),
+    ]
+    assert all("error" not in c and c["peak_mb"]["median"] >= 0 and c["flops"] > 0 for c in record["cells"])
+    trainable = {c["entry"]: c["trainable"] for c in record["cells"]}
+    assert trainable["lora"] < trainable["stock"]  # model/peft=lora took effect
+    assert [p["entry"] for p in record["pairs"]] == ["stock", "lora"]
+    assert "[4/4] round 1 lora checkpointing=True" in proc.stderr
+    assert (tmp_path / "memory.md").read_text().startswith("Machine: ")
+
+
+@pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
+def test_memory_bench_refuses_an_unknown_entry_and_bf16_on_the_cpu(tmp_path) -> None:
+    proc = run_bench("memory", "memory.only=[flash]", f"out_dir={tmp_path}")
+    assert proc.returncode == 2 and "memory.only" in proc.stderr and "nystrom" in proc.stderr
+    proc = run_bench("memory", "memory.precision=bf16-mixed", f"out_dir={tmp_path}")
+    assert proc.returncode == 2 and "memory.device=cuda" in proc.stderr and "Traceback" not in proc.stderr

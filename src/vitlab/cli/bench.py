@@ -6,6 +6,8 @@
     vitlab-bench transfer                       # frozen ViT-B/16 step: head only, step sizes, memory-ODE head, full
     vitlab-bench overhead                       # vitlab-train's start-up and per-step cost vs torch alone
     vitlab-bench compile                        # img/s of the default model with and without torch.compile
+    vitlab-bench memory                         # peak training memory with/without checkpointing, FLOP/s, MFU
+    vitlab-bench memory memory.device=cuda memory.precision=bf16-mixed
 
 Timings depend on the machine; they are reported with it (CPU model, threads, versions), never asserted in
 tests. Competitors are measured in interleaved rounds and compared by per-round ratios (vitlab.bench.rounds).
@@ -24,7 +26,7 @@ from vitlab.configs import CONFIG_PATH
 from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab")
-BENCHES = ("attention", "model", "transfer", "overhead", "compile")
+BENCHES = ("attention", "model", "transfer", "overhead", "compile", "memory")
 
 
 def run_bench(cfg: DictConfig) -> None:
@@ -78,6 +80,12 @@ def run_bench(cfg: DictConfig) -> None:
         from vitlab.bench.compile import run as run_compile
 
         print(run_compile(cfg, out_dir).read_text())
+    elif cfg.bench == "memory":
+        from omegaconf import OmegaConf
+
+        from vitlab.bench.memory import run as run_memory
+
+        print(run_memory(OmegaConf.to_container(cfg.memory, resolve=True), out_dir).read_text())
     else:
         raise ConfigError(f"bench={cfg.bench!r} is not a benchmark; allowed: {', '.join(BENCHES)}.")
 
