@@ -1,7 +1,7 @@
 """`build_classifier`: the one place where the model slots are composed, always in the same order.
 
     backbone(num_classes) -> check_seams -> stem -> mixer -> pos_embed -> step_size -> head
-        -> pre-trained weights -> freeze -> peft
+        -> pre-trained weights -> freeze -> peft -> grad checkpointing
 
 Each slot is `null` (off) or a factory bound by Hydra (`_partial_: true`): stem, mixer, pos_embed and
 step_size are adapters `(vit) -> vit` that change the built backbone at one seam; `head` is called as
@@ -10,7 +10,8 @@ token geometry (a Linformer's sequence length), RoPE is installed into the final
 mixers without queries and keys), and step sizes see the final blocks. Pre-trained weights
 (`model.backbone.weights`) are loaded into the composed model, after every slot's own initialisation, with a
 report (`vitlab.models.pretrained`). `freeze` (see `vitlab.models.freeze`) runs before `peft`, so a PEFT
-method only adds or unfreezes what it trains.
+method only adds or unfreezes what it trains. Gradient checkpointing (`vitlab.models.grad_checkpointing`) is
+switched on last, so it covers every block with the slots and PEFT wrappers installed in it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from vitlab.models.classifier import Classifier
 from vitlab.models.freeze import freeze_pretrained, parameter_shapes, resolve_freeze
 from vitlab.models.geometry import TokenGeometry, geometry_of
+from vitlab.models.grad_checkpointing import enable_grad_checkpointing
 from vitlab.models.pretrained import WeightsReport, load_head_slot, load_pretrained, shapes, source_tensors
 from vitlab.models.seams import check_seams
 from vitlab.models.seeded_drop_path import install_seeded_drop_path
@@ -50,12 +52,14 @@ def build_classifier(
     peft: Peft | None = None,
     freeze: str = "auto",
     replace_pretrained: Sequence[str] = (),
+    grad_checkpointing: bool = False,
 ) -> Classifier:
     """Compose a classifier from a backbone factory and the (optional) slots, in the documented order.
 
     `freeze`: `backbone` freezes every pre-trained tensor, `none` trains everything, `auto` (default) is
     `backbone` when `step_size` or `peft` is set and `none` otherwise. `replace_pretrained`: name prefixes
     (e.g. `patch_embed`) of loaded tensors a slot may replace; any other replacement is refused.
+    `grad_checkpointing`: recompute every block's activations in the backward pass (less memory).
     The weights report, when weights were loaded, is the returned model's `weights_report`.
     """
     if num_classes < 1:
@@ -99,5 +103,6 @@ def build_classifier(
     model = peft(model) if peft is not None else model
     # drop-path drawn from each sample's seed: the same masks on any number of processes (docs/resume.md)
     install_seeded_drop_path(model)
+    enable_grad_checkpointing(model, grad_checkpointing)
     model.weights_report = report
     return model
