@@ -192,19 +192,30 @@ def test_vitlab_eval_with_a_damaged_checkpoint_is_the_same_paragraph(tmp_path) -
         run_config(cfg)
 
 
+# a short real run: 3 + 1 batches per epoch; resume= keeps them (they are the run's own overrides)
+SHORT = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+
+
 @pytest.mark.slow  # the real CLI: train, cut last.ckpt, resume= refused (nothing written), resume.fallback=true
-def test_the_cli_refuses_a_cut_last_ckpt_then_falls_back_and_finishes(tmp_path) -> None:
+def test_the_cli_refuses_a_cut_last_ckpt_then_falls_back_and_finishes(tmp_path, capsys, monkeypatch) -> None:
+    """Two processes (the training and the fallback that trains on); the refusal in between is vitlab-train's
+    `main` in this process: it is decided before Hydra or any training starts (exit 2, the paragraph)."""
+    from vitlab.cli.train import main
+
     run_dir = tmp_path / "run"
-    args = [*TINY[:1], "trainer.max_epochs=2", *TINY[2:], f"hydra.run.dir={run_dir}"]
+    args = [*TINY[:1], "trainer.max_epochs=2", *TINY[2:], *SHORT, f"hydra.run.dir={run_dir}"]
     assert run_cli("train", args, tmp_path).returncode == 0
     record = json.loads((run_dir / "results.json").read_text())
     (run_dir / "results.json").write_text(json.dumps({**record, "status": "interrupted"}))  # as after a kill
     _cut(run_dir / "checkpoints" / "last.ckpt")
     (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
     before = _files(run_dir)
-    run = run_cli("train", [f"resume={run_dir}"], tmp_path)
-    assert run.returncode == 2, run.stderr[-3000:]
-    err = _one_paragraph(run.stderr.strip())
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["vitlab-train", f"resume={run_dir}", f"paths.log_dir={tmp_path}"])
+    with pytest.raises(SystemExit) as refused:
+        main()
+    assert refused.value.code == 2
+    err = _one_paragraph(capsys.readouterr().err.strip())
     assert f"the newest readable checkpoint of the run is checkpoints/{best.name}" in err.lower(), err
     assert _files(run_dir) == before  # .hydra/hydra.yaml, run.json, results.json: untouched
     run = run_cli("train", [f"resume={run_dir}", "resume.fallback=true", "trainer.max_epochs=3"], tmp_path)

@@ -212,15 +212,25 @@ def test_a_sweep_jobs_folder_of_another_tool_is_refused_before_vitlab_writes(tmp
 
 
 @pytest.mark.slow  # the real CLI: the refusal happens before Hydra writes .hydra/, and overwrite=true trains
-def test_the_cli_refuses_a_foreign_directory_before_hydra_writes_and_overwrite_runs_there(tmp_path) -> None:
+def test_the_cli_refuses_a_foreign_directory_before_hydra_writes_and_overwrite_runs_there(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """The refusal is vitlab-train's `main` in this process, through Hydra's real start (the callback as the
+    config registers it; exit 2 before `.hydra/`); `overwrite=true`, which trains, is a process of its own."""
+    from vitlab.cli.train import main
+
     run_dir = tmp_path / "theirs"
     before = _foreign(run_dir)
-    args = [*TINY, f"hydra.run.dir={run_dir}"]
-    run = run_cli("train", args, tmp_path)
-    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
-    assert f"hydra.run.dir={run_dir} holds checkpoints/, config.yaml, results.json" in " ".join(run.stderr.split())
+    args = [*TINY, f"hydra.run.dir={run_dir}", f"paths.log_dir={tmp_path}"]
+    monkeypatch.setattr("sys.argv", ["vitlab-train", *args])
+    with pytest.raises(SystemExit) as refused:
+        main()
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "Traceback" not in err, err[-3000:]
+    assert f"hydra.run.dir={run_dir} holds checkpoints/, config.yaml, results.json" in " ".join(err.split())
     assert _snapshot(run_dir) == before and not (run_dir / ".hydra").exists()
-    run = run_cli("train", [*args, "overwrite=true"], tmp_path)
+    short = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+    run = run_cli("train", [*TINY, *short, f"hydra.run.dir={run_dir}", "overwrite=true"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     (moved,) = tmp_path.glob("theirs.replaced-*")
     assert _snapshot(moved) == before and f"were moved to {moved}" in run.stderr
