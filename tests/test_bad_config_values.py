@@ -326,3 +326,36 @@ def test_a_debug_preset_keeps_the_trainer_chosen_on_the_command_line(overrides, 
     assert (cfg.trainer.accelerator, cfg.trainer.devices) == (accelerator, devices), overrides
     assert cfg.trainer.get("fast_dev_run") or cfg.trainer.max_epochs in (3, 20)  # the preset itself still applies
     assert cfg.task_name == "debug" and cfg.data.num_workers == 0
+
+
+# --- vitlab's optimiser keys: layer-wise lr decay and the fused step (vitlab.cli.rules.check_optim) -------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        *[("optim.layer_decay", v, "a number in (0, 1] (or null)") for v in (0, -0.5, 1.5, "abc", True)],
+        *[("optim.layer_decay_min_scale", v, "a number in [0, 1]") for v in (-0.1, 1.5, None, "low")],
+    ],
+)
+def test_a_layer_decay_outside_its_range_names_the_key_and_the_range(key: str, value: object, allowed: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_config(_with(key, value))
+    assert str(refused.value) == f"{key}={value!r} is not allowed: it must be {allowed}."
+
+
+@pytest.mark.parametrize("value", ["yes", "fused", 1, None])
+def test_an_optim_fused_other_than_auto_true_false_is_refused(value: object) -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_config(_with("optim.fused", value))
+    assert str(refused.value).startswith(f"optim.fused={value!r} is not an option. Allowed: auto, true, false.")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("optim.layer_decay", 0.65), ("optim.layer_decay", 1), ("optim.layer_decay", None)]
+    + [("optim.layer_decay_min_scale", 0), ("optim.layer_decay_min_scale", 1.0)]
+    + [("optim.fused", v) for v in ("auto", True, False)],
+)
+def test_valid_layer_decay_and_fused_values_pass(key: str, value: object) -> None:
+    check_config(_with(key, value))

@@ -96,3 +96,23 @@ def refuse_name(key: str, value: Any, names: Iterable[Any], listed: str | None =
     guess = closest(value, [n for n in names if isinstance(n, str)])
     hint = f" Did you mean {key}={guess}?" if guess is not None else ""
     return ConfigError(f"{key}={shown(value)} is not an option. Allowed: {allowed}.{hint}")
+
+
+# vitlab's own optimiser keys (vitlab.training.layer_decay, vitlab.training.optim_impl); timm never sees them
+OPTIM_RULES: dict[str, Rule] = {
+    "optim.layer_decay": Rule(float, 0, 1, open_low=True, nullable=True),
+    "optim.layer_decay_min_scale": Rule(float, 0, 1),
+}
+FUSED_CHOICES = ("auto", True, False)
+
+
+def check_optim(cfg: Any) -> None:
+    """Refuse a layer-wise decay outside (0, 1], a minimum scale outside [0, 1] or an `optim.fused` that is not
+    auto, true or false, before anything is built (the optimiser itself is built only when fitting starts)."""
+    for key, rule in OPTIM_RULES.items():
+        value = OmegaConf.select(cfg, key, default=None if rule.nullable else 0.0)
+        if not rule.accepts(value):
+            raise refuse(key, value, rule.allowed())
+    fused = OmegaConf.select(cfg, "optim.fused", default="auto")
+    if not is_one_of(fused, FUSED_CHOICES):
+        raise refuse_name("optim.fused", fused, FUSED_CHOICES)

@@ -105,6 +105,10 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
         record["val/acc"] = _best_val(trainer)
         record["epochs"] = trainer.fit_loop.epoch_progress.total.processed  # also right after an early stop
         record["world_size"] = trainer.world_size
+        # what configure_optimizers built: fused/foreach/for-loop, per-layer lr scales (with optim.layer_decay)
+        record["optim/implementation"] = module.optimizer_implementation
+        if module.layer_scales is not None:
+            record["optim/layer_scales"] = module.layer_scales
         record.update(cost.results(module.device))
         record.update(summarise(learned_dynamics(module.model)))  # learned a and h (ODE transfer), if any
         raise_if_interrupted()

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.cli.rules import COUNT, FRACTION, POSITIVE_INT, Rule
+from vitlab.cli.rules import COUNT, FRACTION, POSITIVE_INT, Rule, check_optim
 from vitlab.cli.validate_callbacks import CALLBACK_RULES, check_callbacks
 from vitlab.cli.validate_lists import check_lists
 from vitlab.cli.validate_names import check_names
@@ -121,6 +121,7 @@ def check_config(cfg: DictConfig) -> None:
     check_lists(cfg)  # a scalar where a list belongs, a list of the wrong length or kind
     check_callbacks(cfg)
     check_names(cfg)  # optimiser, schedule, mixup mode, augmentation strings
+    check_optim(cfg)  # optim.layer_decay, optim.layer_decay_min_scale, optim.fused
     if OmegaConf.select(cfg, "trainer.max_epochs", default=None) == 0:
         raise ConfigError(
             "trainer.max_epochs=0 is not allowed: it must be >= 1, or -1 (no epoch limit) with trainer.max_steps "

@@ -7,6 +7,7 @@ is a plain `nn.Module` built from config; it is not saved in the hyper-parameter
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from vitlab.errors import NonFiniteLoss
 from vitlab.models.summary import param_counts
 from vitlab.training.constraints import modules_with, project_parameters, regularization_loss
+from vitlab.training.layer_decay import format_table, layer_scale_table
 from vitlab.training.optim import build_optimizer, build_scheduler, stepping_batches
+from vitlab.training.optim_impl import implementation
 
 Batch = tuple[Tensor, Tensor]
+log = logging.getLogger("vitlab")
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -80,6 +84,9 @@ class ClassificationModule(pl.LightningModule):
         # modules that add a loss penalty or keep a parameter feasible (vitlab.training.constraints)
         self._regularized = modules_with(model, "regularization")
         self._projected = modules_with(model, "project_parameters_")
+        # set by configure_optimizers: the layer-wise lr table (None: no layer decay) and the step's implementation
+        self.layer_scales: list[dict[str, Any]] | None = None
+        self.optimizer_implementation: str | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -153,10 +160,24 @@ class ClassificationModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.model, self.hparams.optim)
+        self._describe_optimizer(optimizer)
         if not self.hparams.scheduler:
             return optimizer
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, self.trainer.max_epochs, self._total_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _describe_optimizer(self, optimizer: Any) -> None:
+        """Keep what the optimiser does for results.json (`optim/layer_scales`, `optim/implementation`; read by
+        vitlab-train), send the scale table to the loggers' hyper-parameters and print it once per fit."""
+        self.layer_scales = layer_scale_table(optimizer)
+        self.optimizer_implementation = implementation(optimizer)
+        if self.layer_scales is None or self._trainer is None:
+            return
+        for logger in self.loggers:
+            logger.log_hyperparams({"optim/layer_scales": self.layer_scales})
+        if self.trainer.is_global_zero:
+            optim = self.hparams.optim
+            log.info(format_table(self.layer_scales, optim["layer_decay"], optim.get("layer_decay_min_scale", 0.0)))
 
     def _total_steps(self) -> int:
         """Optimiser steps of the run, from the data module's batch count when it knows it (see `stepping_batches`)."""

@@ -3,6 +3,10 @@
 Weight decay is applied to trainable weight matrices only: biases, norms (ndim <= 1) and every name a
 module lists in `no_weight_decay()` (timm: `pos_embed`, `cls_token`; vitlab adapters: step sizes) are
 exempt. Frozen parameters never reach the optimiser.
+
+Three `optim` keys are vitlab's, not timm's: `layer_decay` and `layer_decay_min_scale` (layer-wise lr decay
+by module tree, `vitlab.training.layer_decay`; timm's own grouping would put a vitlab `Classifier` in one
+layer) and `fused` (`vitlab.training.optim_impl`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from vitlab.errors import ConfigError
+from vitlab.training.layer_decay import check_layer_decay, layer_decay_groups
+from vitlab.training.optim_impl import fused_kwargs
 
 
 def scale_lr(optim: Mapping[str, Any], global_batch: int) -> dict[str, Any]:
@@ -34,14 +40,27 @@ def scale_lr(optim: Mapping[str, Any], global_batch: int) -> dict[str, Any]:
 
 
 def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> Optimizer:
-    """`timm.optim.create_optimizer_v2` on the trainable parameters, with the decay rule above."""
+    """`timm.optim.create_optimizer_v2` on the trainable parameters, with the decay rule above, layer-wise lr
+    decay when `optim.layer_decay` is set and the implementation `optim.fused` asks for."""
     opts = dict(optim)
-    if not any(p.requires_grad for p in model.parameters()):
+    decay, min_scale = opts.pop("layer_decay", None), opts.pop("layer_decay_min_scale", 0.0)
+    fused = opts.pop("fused", "auto")
+    check_layer_decay(decay, min_scale)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
         raise ConfigError("the model has no trainable parameters; check model.freeze and the model/peft slot.")
+    opts.update(fused_kwargs(opts.get("opt", "sgd"), fused, trainable[0].device))
+    params: nn.Module | list[dict[str, Any]] = model
+    if decay is not None:
+        if opts.get("lr") is None:
+            raise ConfigError("optim.layer_decay needs optim.lr: each layer's lr is a fraction of it.")
+        no_decay = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else ()
+        weight_decay = float(opts.get("weight_decay", 0.0))
+        params = layer_decay_groups(model, float(opts["lr"]), weight_decay, decay, min_scale, no_decay)
     try:
-        return create_optimizer_v2(model, filter_bias_and_bn=True, **opts)
-    except (AssertionError, TypeError, ValueError) as exc:
-        raise ConfigError(f"optim={opts} is not a valid timm optimiser configuration: {exc}") from exc
+        return create_optimizer_v2(params, filter_bias_and_bn=True, **opts)
+    except (AssertionError, TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: torch's fused checks
+        raise ConfigError(f"optim={dict(optim)} is not a valid timm optimiser configuration: {exc}") from exc
 
 
 def build_scheduler(optimizer: Optimizer, scheduler: Mapping[str, Any], max_epochs: int, total_steps: int) -> Scheduler:
