@@ -1,12 +1,14 @@
 """Every bad input a user meets exits non-zero with one paragraph — the key, the value, what is allowed or what
 to do — without a Python traceback, and loses nothing. In-process for each case (the validation functions and
-Hydra's compose API); one `vitlab-train`/`vitlab-eval` process per class of input at the end."""
+Hydra's compose API); at the end, one process runs a case of each class through `vitlab-train`/`vitlab-eval`."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from conftest import TINY, compose_cfg, run_cli
+from conftest import ROOT, TINY, compose_cfg
 from helpers import fake_layouts
 from helpers.config_values import with_value as _with
 from vitlab.cli.checkpoint import read_checkpoint
@@ -189,64 +191,89 @@ def test_vitlab_eval_without_a_checkpoint_says_what_to_give() -> None:
         run_config(compose_cfg([], config_name="eval"))
 
 
-# --- one process per class: exit code, one paragraph, the key, nothing overwritten ---------------------------
+# --- the CLI, a case per class: exit code, one paragraph, the key, nothing overwritten ----------------------
 
 
-def assert_paragraph(run, *fragments: str) -> None:
-    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
-    assert "Traceback" not in run.stderr, run.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in run.stderr, run.stderr[-3000:]
+CLI_CASES = {  # id: (command, overrides, fragments of the paragraph; the first is also in results.json)
+    "type": ("train", ["data.img_size=abc"], ["data.img_size='abc' is not allowed: it must be an integer >= 1"]),
+    "range": ("train", ["trainer.max_epochs=-3"], ["trainer.max_epochs=-3 is not allowed"]),
+    "unknown-key": ("train", ["+data.batchsize=32"], ["data.batchsize is not an option", "data.batch_size"]),
+    "device": ("train", ["trainer=gpu"], ["trainer.accelerator=gpu but this machine has no usable CUDA GPU"]),
+    "scalar-for-list": ("train", ["tags=dev"], ["tags='dev' is not allowed: it must be a list of strings"]),
+    "misspelt-name": (
+        "train",
+        ["optim.opt=adamww"],
+        ["optim.opt='adamww' is not an option.", "Did you mean optim.opt=adamw?"],
+    ),
+    "non-finite-loss": ("train", ["optim.lr=1e30", "trainer.max_epochs=2"], ["train/loss became", "optim.lr"]),
+    "finished-run-dir": ("train", [], ["holds a finished run"]),
+    "eval-without-ckpt": ("eval", [], ["vitlab-eval needs ckpt_path="]),
+}
+
+# every case is the CLI's `main` with its own argv, one after the other in one process: what each prints, its
+# exit status and its results.json are its own (tests/test_global_state.py: no state outlives a command), and
+# the suite pays one Python start instead of one per case
+CASE_RUNNER = """
+import importlib, json, sys
+for name, command, argv in json.loads(sys.argv[1]):
+    print(f"=== start {name}", file=sys.stderr, flush=True)
+    sys.argv = [f"vitlab-{command}", *argv]
+    try:
+        importlib.import_module(f"vitlab.cli.{command}").main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    print(f"=== exit {name} {code}", file=sys.stderr, flush=True)
+"""
 
 
-@pytest.mark.slow  # one vitlab-train process per class of error
-@pytest.mark.parametrize(
-    ("args", "fragments"),
-    [
-        (["data.img_size=abc"], ["data.img_size='abc' is not allowed: it must be an integer >= 1"]),
-        (["trainer.max_epochs=-3"], ["trainer.max_epochs=-3 is not allowed"]),
-        (["+data.batchsize=32"], ["data.batchsize is not an option", "data.batch_size"]),
-        (["trainer=gpu"], ["trainer.accelerator=gpu but this machine has no usable CUDA GPU"]),
-        (["tags=dev"], ["tags='dev' is not allowed: it must be a list of strings"]),
-        (["optim.opt=adamww"], ["optim.opt='adamww' is not an option.", "Did you mean optim.opt=adamw?"]),
-    ],
-    ids=["type", "range", "unknown-key", "device", "scalar-for-list", "misspelt-name"],
-)
-def test_the_cli_prints_one_paragraph_and_records_the_failure(tmp_path: Path, args: list[str], fragments) -> None:
-    if "trainer=gpu" in args and torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    tiny = [o for o in TINY if not o.startswith("trainer.accelerator")] if "trainer=gpu" in args else TINY
-    run = run_cli("train", [*tiny, *args], tmp_path)
-    assert_paragraph(run, *fragments)
-    (result,) = run.results()
-    assert result["status"] == "failed" and fragments[0] in result["error"]
+def run_cases(cases: dict[str, tuple[str, list[str]]], tmp_path: Path) -> dict[str, tuple[int, str]]:
+    """Each case's (exit status, stderr), its outputs under tmp_path/<id>."""
+    plan = [(name, command, [*argv, f"paths.log_dir={tmp_path / name}"]) for name, (command, argv) in cases.items()]
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run(
+        [sys.executable, "-c", CASE_RUNNER, json.dumps(plan)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    outcomes = {}
+    for name in cases:
+        found = re.search(rf"=== start {re.escape(name)}\n(.*?)=== exit {re.escape(name)} (-?\d+)\n", done.stderr, re.S)
+        assert found, f"case {name} did not end (exit {done.returncode}):\n{done.stderr[-3000:]}"
+        outcomes[name] = (int(found.group(2)), found.group(1))
+    return outcomes
 
 
-@pytest.mark.slow
-def test_a_non_finite_loss_stops_the_run_as_failed(tmp_path: Path) -> None:
-    run = run_cli("train", [*TINY, "optim.lr=1e30", "trainer.max_epochs=2"], tmp_path)
-    assert_paragraph(run, "train/loss became", "optim.lr")
-    (result,) = run.results()
-    assert result["status"] == "failed" and "train/loss became" in result["error"]
-
-
-def test_a_finished_run_directory_is_refused_before_hydra_writes_into_it(tmp_path: Path) -> None:
-    run_dir = tmp_path / "done"
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "config.yaml").write_text("original: true\n")
-    (run_dir / "results.json").write_text(json.dumps({"status": "ok", "test/acc": 0.9}))
-    stamp = os.stat(run_dir / ".hydra" / "config.yaml").st_mtime_ns
-    run = run_cli("train", [*TINY, f"hydra.run.dir={run_dir}"], tmp_path)
-    assert_paragraph(run, "holds a finished run")
-    assert (run_dir / ".hydra" / "config.yaml").read_text() == "original: true\n"
-    assert os.stat(run_dir / ".hydra" / "config.yaml").st_mtime_ns == stamp
-    assert json.loads((run_dir / "results.json").read_text()) == {"status": "ok", "test/acc": 0.9}
-
-
-@pytest.mark.slow
-def test_vitlab_eval_without_ckpt_path_is_one_paragraph(tmp_path: Path) -> None:
-    run = run_cli("eval", [], tmp_path)
-    assert_paragraph(run, "vitlab-eval needs ckpt_path=")
+@pytest.mark.slow  # one vitlab process for all the classes of error
+def test_the_cli_prints_one_paragraph_and_records_the_failure(tmp_path: Path) -> None:
+    """Per class: exit 2, the paragraph without a traceback, the failure in the run's results.json (none for a
+    refused directory); a finished run directory is refused before Hydra writes into it."""
+    done = tmp_path / "done"
+    (done / ".hydra").mkdir(parents=True)
+    (done / ".hydra" / "config.yaml").write_text("original: true\n")
+    (done / "results.json").write_text(json.dumps({"status": "ok", "test/acc": 0.9}))
+    stamp = os.stat(done / ".hydra" / "config.yaml").st_mtime_ns
+    cases = {}
+    for name, (command, args, _) in CLI_CASES.items():
+        if name == "device" and torch.cuda.is_available():
+            continue  # this machine has a GPU
+        tiny = [o for o in TINY if not o.startswith("trainer.accelerator")] if name == "device" else TINY
+        extra = [f"hydra.run.dir={done}"] if name == "finished-run-dir" else []
+        cases[name] = (command, [] if command == "eval" else [*tiny, *args, *extra])
+    outcomes = run_cases(cases, tmp_path)
+    for name, (code, err) in outcomes.items():
+        fragments = CLI_CASES[name][2]
+        assert code == 2 and "Traceback" not in err, f"{name}: exit {code}\n{err[-3000:]}"
+        for fragment in fragments:
+            assert fragment in err, f"{name}: no {fragment!r} in\n{err[-3000:]}"
+        results = [json.loads(p.read_text()) for p in (tmp_path / name).rglob("results.json")]
+        if name == "finished-run-dir":
+            assert results == [], (name, results)
+            continue
+        (result,) = results
+        assert result["status"] == "failed" and fragments[0] in result["error"], (name, result)
+    assert (done / ".hydra" / "config.yaml").read_text() == "original: true\n"
+    assert os.stat(done / ".hydra" / "config.yaml").st_mtime_ns == stamp
+    assert json.loads((done / "results.json").read_text()) == {"status": "ok", "test/acc": 0.9}
 
 
 def test_a_module_option_that_does_not_exist_names_the_options(tmp_path: Path) -> None:
