@@ -124,11 +124,18 @@ def test_sigkill_mid_epoch_then_resume_in_place_is_bit_identical(reference: Path
 
 
 def test_sigkill_under_ddp_then_resume_is_bit_identical(reference_ddp: Path, tmp_path: Path) -> None:
+    """The killed-and-resumed DDP run checkpoints every block's activations (`model.grad_checkpointing=true`, kept
+    by the resume, which reads the run's own config); the reference runs without. Bit-identical weights and
+    metrics then prove at once exact resume under DDP, and that checkpointing (the recompute in backward, with
+    drop-path drawn from the sample seeds) changes nothing in a DDP run (tests/test_grad_checkpointing.py)."""
     step, drawn = draw_step("sigkill_under_ddp", 20, STEPS - 2)  # after the first epoch-end checkpoint
     run_dir = tmp_path / "run"
-    start = kill_and_resume([*BASE, "trainer=ddp_cpu"], run_dir, step, drawn)
+    assert compose_cfg(BASE).model.backbone.drop_path_rate > 0
+    start = kill_and_resume([*BASE, "trainer=ddp_cpu", "model.grad_checkpointing=true"], run_dir, step, drawn)
     assert start["global_step"] == 19 * ((step - 1) // 19), f"{drawn}: resumed from {start}"
-    assert_identical(run_dir, reference_ddp, f"DDP, SIGKILL at step {step} ({drawn})")
+    config = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    assert config["model"]["grad_checkpointing"] is True, drawn
+    assert_identical(run_dir, reference_ddp, f"DDP, checkpointed blocks, SIGKILL at step {step} ({drawn})")
 
 
 def test_sigkill_with_workers_randaugment_mixup_and_ema_then_resume_is_bit_identical(tmp_path: Path) -> None:
