@@ -8,9 +8,6 @@ class where only a process shows it (exit code, what is printed, how often, how 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -91,16 +88,23 @@ def test_a_sweep_override_no_longer_hides_an_unsizable_slurm_job(tmp_path, monke
         check_launcher("train", ["-m", "local=slurm_example", "trainer=ddp", "seed=0,1"])
 
 
-@pytest.mark.slow
-def test_vitlab_train_refuses_a_slurm_sweep_without_slurm_before_writing_anything(tmp_path) -> None:
-    env = {**os.environ, "PATH": path_with(tmp_path)}
+def test_vitlab_train_refuses_a_slurm_sweep_without_slurm_before_writing_anything(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """vitlab-train's `main` in this process: the refusal comes before Hydra starts, so no process is needed to
+    see its exit status and what it prints."""
+    from vitlab.cli.train import main
+
+    monkeypatch.setenv("PATH", path_with(tmp_path))
+    monkeypatch.chdir(tmp_path)
     args = [*SLURM_SWEEPS["local_slurm_example"], f"paths.log_dir={tmp_path / 'out'}"]
-    run = subprocess.run(
-        [sys.executable, "-m", "vitlab.cli.train", *args], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
-    assert run.returncode == 2, run.stderr
-    assert run.stderr.count("vitlab: error:") == 1 and "sbatch and srun" in run.stderr, run.stderr
-    one_paragraph(run.stderr)
+    monkeypatch.setattr("sys.argv", ["vitlab-train", *args])
+    with pytest.raises(SystemExit) as refused:
+        main()
+    err = capsys.readouterr().err
+    assert refused.value.code == 2, err
+    assert err.count("vitlab: error:") == 1 and "sbatch and srun" in err, err
+    one_paragraph(err)
     assert not (tmp_path / "out").exists()
 
 
@@ -271,6 +275,7 @@ def test_a_failed_trial_is_fail_in_the_study_and_the_search_goes_on(tmp_path) ->
         "hydra.sweeper.sampler.seed=4",
         "hydra.sweeper.params.optim.lr=choice(-1.0, 0.001)",
         *TINY,
+        *["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"],
     ]
     run = run_cli("train", args, tmp_path)
     assert run.returncode == 1, run.stderr[-3000:]  # a sweep with a failed job exits non-zero
