@@ -4,7 +4,9 @@
 They are one run (one results.json, one run.json attempt), equal to one process within the DDP parity tolerance
 of tests/test_resume.py (drop-path on: each image's masks come from its own seed), and SIGKILL of either node at
 a step drawn at random, then `resume=<run dir>` on both nodes, ends bit-identical to the uninterrupted two-node
-run. The drawn step comes from VITLAB_TEST_SEED (default 0) and is in every assertion message.
+run. Which node is killed (0 or 1) and at which step are both drawn from VITLAB_TEST_SEED (default 0), and the
+draw is in every assertion message: one kill-and-resume (~25 s) per run of the suite, the other node under
+another seed, instead of both every time.
 """
 
 from __future__ import annotations
@@ -121,10 +123,17 @@ def test_two_nodes_on_localhost_are_one_run_equal_to_one_process(one_process: Pa
     assert abs(one["test/acc"] - two["test/acc"]) <= 1 / 360, (one["test/acc"], two["test/acc"])
 
 
-@pytest.mark.parametrize("node", [0, 1])
-def test_sigkill_of_either_node_then_resume_on_both_is_bit_identical(node: int, two_nodes: Path, tmp_path) -> None:
-    step = random.Random(f"{SEED}/multi_node/{node}").randint(6, STEPS - 2)  # after the first checkpoint (5)
-    why = f"node {node} killed at step {step} (VITLAB_TEST_SEED={SEED})"
+def draw_node_and_step(test: str) -> tuple[int, int, str]:
+    """The node to kill and the step, from a generator seeded by SEED and the test's name, and the words that
+    replay the draw (as tests/test_resume.py's draw_step)."""
+    rng = random.Random(f"{SEED}/{test}")
+    node, step = rng.randint(0, 1), rng.randint(6, STEPS - 2)  # after the first checkpoint (5), before the end
+    return node, step, f"VITLAB_TEST_SEED={SEED} drew node {node} of [0, 1] and step {step} of [6, {STEPS - 2}]"
+
+
+def test_sigkill_of_either_node_then_resume_on_both_is_bit_identical(two_nodes: Path, tmp_path) -> None:
+    node, step, drawn = draw_node_and_step("multi_node")
+    why = f"node {node} killed at step {step} ({drawn})"
     run_dir = tmp_path / "run"
     procs = launch_nodes([*ARGS, *NODES, f"hydra.run.dir={run_dir}"], run_dir, kill_at=f"{step}:{node}")
     killed, survivor = procs[node], procs[1 - node]

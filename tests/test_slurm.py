@@ -7,9 +7,11 @@ without a result when SLURM has no accounting, as here)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -155,20 +157,32 @@ def test_a_preempted_job_continues_in_place_and_ends_identical(slurm, job_name: 
 
 
 def test_a_job_that_reaches_its_time_limit_is_requeued_and_finishes(slurm, job_name: str, tmp_path: Path) -> None:
-    """Once the job trains, its time limit is cut to one minute (`scontrol update`), with the warning 5 s before
-    it: SLURM checks limits every 30 s, so SIGUSR2 arrives within half a minute. vitlab saves, requeues the
-    job (it goes back to the queue: its limit is restored there) and the job continues in place to the end."""
+    """Once the job trains, it is frozen (SIGSTOP) and its time limit cut to two minutes (`scontrol update`),
+    with the warning 90 s before it: SLURM sends the warning at its first 30 s limit check whose next check
+    would be too late (`now + 30 + 90 >= end`), so at once, and long before the limit itself (SLURM continues
+    the stopped process as it signals it; else the test does once the SIGUSR2 is pending). vitlab saves,
+    requeues the job (it goes back to the queue: its limit is restored there) and the job continues in place
+    to the end.
+
+    Frozen, the job cannot finish before SLURM's check comes, however fast the machine, so it needs only a few
+    epochs (before: 120, to outlast up to a minute of checks on a fast machine)."""
     sweep = tmp_path / "sweep"
-    extra = ["hydra.launcher.signal_delay_s=5"]
-    # long enough that the cut limit (checked by SLURM every 30 s) strikes before the job ends on a fast machine
-    args = [*TINY, "trainer.max_epochs=120", "seed=0", *launcher(job_name, *extra), f"hydra.sweep.dir={sweep}"]
+    extra = ["hydra.launcher.signal_delay_s=90"]
+    args = [*TINY, "trainer.max_epochs=6", "seed=0", *launcher(job_name, *extra), f"hydra.sweep.dir={sweep}"]
     proc = start_sweep(args, tmp_path)
     wait_for(proc, sweep, "0/checkpoints/last.ckpt", timeout=240)
-    job_id = json.loads((sweep / "0" / "run.json").read_text())["attempts"][0]["slurm_job_id"]
-    scontrol("update", f"jobid={job_id}", "TimeLimit=1")
-    deadline = time.time() + 120
-    while time.time() < deadline and "interrupted" not in (sweep / "0" / "run.json").read_text():
-        time.sleep(0.5)
+    (attempt,) = json.loads((sweep / "0" / "run.json").read_text())["attempts"]
+    job_id, pid = attempt["slurm_job_id"], int(attempt["pid"])  # pid: the training process, on this node
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        scontrol("update", f"jobid={job_id}", "TimeLimit=2")
+        warned = wait_for_warning(sweep / "0" / "run.json", pid, timeout=75)  # two checks, a loaded machine
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert warned, f"SLURM sent no SIGUSR2 to job {job_id} (pid {pid}) within 75 s of cutting its time limit"
+    while "interrupted" not in (sweep / "0" / "run.json").read_text() and proc.poll() is None:
+        time.sleep(0.2)
     restore = subprocess.run(["scontrol", "update", f"jobid={job_id}", "TimeLimit=10"], capture_output=True, text=True)
     # a job that already ended needs no limit back; whether it ended right is what the asserts below check
     assert restore.returncode == 0 or "already finished" in restore.stderr, restore.stderr
@@ -176,10 +190,28 @@ def test_a_job_that_reaches_its_time_limit_is_requeued_and_finishes(slurm, job_n
 
     state = json.loads((sweep / "0" / "run.json").read_text())
     result = json.loads((sweep / "0" / "results.json").read_text())
-    assert result["status"] == "ok" and result["epochs"] == 120 and result["resumed"] >= 1, state
+    assert result["status"] == "ok" and result["epochs"] == 6 and result["resumed"] >= 1, state
     first = state["attempts"][0]
     assert first["status"] == "interrupted" and first["signal"] == "SIGUSR2", state  # the time-limit warning
     assert state["attempts"][1]["resumed_from"]["global_step"] > 0, state
+
+
+def wait_for_warning(run_json: Path, pid: int, timeout: float) -> bool:
+    """Whether, within `timeout`, the run recorded its interruption or SIGUSR2 became pending in the stopped
+    process `pid` (/proc's ShdPnd: sent to the process, SigPnd: to its main thread; not yet delivered)."""
+    deadline, bit = time.time() + timeout, 1 << (signal.SIGUSR2 - 1)
+    while time.time() < deadline:
+        if "interrupted" in run_json.read_text():
+            return True
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:  # it went on (SLURM's SIGCONT) and ended: run.json says how
+            return "interrupted" in run_json.read_text()
+        pending = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("ShdPnd", "SigPnd"))]
+        if any(mask & bit for mask in pending):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def scontrol(*args: str) -> None:
