@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from timm.optim import param_groups_layer_decay
@@ -209,7 +211,7 @@ def test_vpt_prompts_per_block_are_the_draw_of_the_single_tensor_they_replaced()
 
 @pytest.mark.slow  # trains end to end (in-process)
 @pytest.mark.parametrize("decay", [0.65, None])
-def test_a_run_records_the_layer_scales_and_the_implementation(decay: float | None, tmp_path: Path) -> None:
+def test_a_run_records_the_layer_scales_and_the_implementation(decay: float | None, tmp_path: Path, caplog) -> None:
     from vitlab.cli import train as train_cli
     from vitlab.cli.in_place import apply_attempt, open_attempt
     from vitlab.cli.runner import run_task
@@ -222,13 +224,19 @@ def test_a_run_records_the_layer_scales_and_the_implementation(decay: float | No
         cfg.paths.output_dir = str(tmp_path)
     attempt = open_attempt(tmp_path, args)
     apply_attempt(cfg, attempt)
-    run_task(cfg, train_cli.train, attempt)
+    with caplog.at_level(logging.INFO, logger="vitlab"):
+        run_task(cfg, train_cli.train, attempt)
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["status"] == "ok" and record["optim/implementation"] == "for-loop", record
     if decay is None:
         assert "optim/layer_scales" not in record  # a finished run's results.json holds no nulls
+        assert not any("layer-wise lr decay" in r.getMessage() for r in caplog.records)
         return
     table = record["optim/layer_scales"]  # tiny=model: 2 blocks, so layers 0..3
     assert [row["layer"] for row in table] == [0, 1, 2, 3]
     assert [row["lr_scale"] for row in table] == pytest.approx([0.65**3, 0.65**2, 0.65, 1.0])
     assert all(row["tensors"] > 0 for row in table)
+    hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())  # the loggers' config (W&B's too)
+    assert hparams["optim/layer_scales"] == table
+    printed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("layer-wise lr decay 0.65")]
+    assert len(printed) == 1 and printed[0].count("\n") == len(table), printed
