@@ -163,3 +163,22 @@ def test_a_model_that_never_backpropagates_into_a_block_is_refused() -> None:
     model = build(["model/peft=linear_probe", *TINY], False)
     model.backbone.patch_embed.requires_grad_(True)
     assert enable_grad_checkpointing(model, True).backbone.grad_checkpointing
+
+
+def test_a_run_resumes_with_checkpointing_switched_on_but_not_with_another_architecture(tmp_path) -> None:
+    """`model.grad_checkpointing` changes memory, not the model: a checkpoint saved without it resumes with it
+    (e.g. after running out of memory), and one saved before the key existed too; another width is refused."""
+    from omegaconf import OmegaConf
+
+    from vitlab.cli.train import check_resume
+
+    saved = compose_cfg(["tiny=model"])
+    config = OmegaConf.to_container(saved, resolve=False)
+    config["model"] = OmegaConf.to_container(saved.model, resolve=True)
+    before_the_key = {**config, "model": {k: v for k, v in config["model"].items() if k != "grad_checkpointing"}}
+    for name, stored in (("off", config), ("older", before_the_key)):
+        ckpt = tmp_path / f"{name}.ckpt"
+        torch.save({"state_dict": {}, "hyper_parameters": {"config": stored}}, ckpt)
+        check_resume(compose_cfg(["tiny=model", "model.grad_checkpointing=true", f"ckpt_path={ckpt}"]))
+        with pytest.raises(ConfigError, match="another model configuration"):
+            check_resume(compose_cfg(["tiny=model", "model.backbone.embed_dim=64", f"ckpt_path={ckpt}"]))

@@ -45,11 +45,24 @@ def check_resume(cfg: DictConfig) -> None:
     if path is None:
         return
     saved = read_checkpoint_config(path)
-    if saved is not None and saved.get("model") != OmegaConf.to_container(cfg.model, resolve=True):
+    if saved is not None and _architecture(saved.get("model")) != _architecture(
+        OmegaConf.to_container(cfg.model, resolve=True)
+    ):
         raise ConfigError(
             f"ckpt_path={path} was trained with another model configuration. Resume with the overrides of the "
             f"original run: {' '.join(saved.get('_overrides', [])) or '(see its config_resolved.yaml)'}."
         )
+
+
+# model keys that change how a step is computed in memory, never the architecture or its numbers: a run may be
+# resumed with checkpointing switched on (e.g. after running out of memory) or off (docs/finetuning.md)
+MEMORY_ONLY_MODEL_KEYS = ("grad_checkpointing",)
+
+
+def _architecture(model: Any) -> Any:
+    if not isinstance(model, dict):
+        return model
+    return {k: v for k, v in model.items() if k not in MEMORY_ONLY_MODEL_KEYS}
 
 
 def train(cfg: DictConfig, record: dict[str, Any]) -> None:

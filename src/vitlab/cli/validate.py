@@ -44,6 +44,7 @@ RULES: dict[str, Rule] = {
     "trainer.check_val_every_n_epoch": Rule(int, 1, nullable=True),
     "trainer.log_every_n_steps": POSITIVE_INT,
     "trainer.gradient_clip_val": Rule(float, 0, nullable=True),
+    "model.grad_checkpointing": Rule(bool),
     "optim.lr": Rule(float, 0, open_low=True),
     "optim.weight_decay": Rule(float, 0),
     "optim.momentum": Rule(float, 0),

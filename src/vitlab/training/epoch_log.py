@@ -67,7 +67,8 @@ class EpochLog(pl.Callback):
             if value is not None:
                 parts.append(f"{label} {float(value):.4g}")
         if trainer.optimizers:
-            parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
+            # the largest group lr: with layer-wise decay the head's (scale 1), the schedule's own lr
+            parts.append(f"lr {max(g['lr'] for g in trainer.optimizers[0].param_groups):.2e}")
         seconds = self._last_batch_end - self._epoch_start
         if seconds > 0 and self._epoch_samples:
             parts.append(f"{self._epoch_samples / seconds:.0f} img/s")
