@@ -198,6 +198,17 @@ def test_vpt_deep_matches_a_manual_forward_with_replaced_prompts() -> None:
         assert torch.allclose(tuned.backbone.forward_features(x), expected, atol=1e-6)
 
 
+def test_a_vpt_state_saved_as_one_prompt_tensor_loads_into_the_per_block_prompts() -> None:
+    """Checkpoints written while VPT kept every block's prompts in one (L, P, D) tensor still load, row by row."""
+    saved, fresh = tiny("vpt_deep", seed=1), tiny("vpt_deep", seed=2)
+    state = saved.state_dict()
+    depth = len(saved.backbone.blocks)
+    rows = [state.pop(f"backbone.blocks.{layer}.vpt.prompts") for layer in range(depth)]
+    state["backbone.vpt_prompts.prompts"] = torch.stack(rows)  # the layout before the split
+    fresh.load_state_dict(state)  # strict: every key placed, none left over
+    assert all(torch.equal(b.vpt.prompts, r) for b, r in zip(fresh.backbone.blocks, rows, strict=True))
+
+
 def test_lora_keeps_step_sizes_and_the_head_trainable() -> None:
     torch.manual_seed(0)
     model = build_classifier(

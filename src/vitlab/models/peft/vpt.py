@@ -49,6 +49,15 @@ def _remove(block: nn.Module, _args: tuple[Tensor, ...], out: Tensor) -> Tensor:
     return block.vpt.remove(out)
 
 
+def _split_saved_prompts(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
+    """Load-state-dict pre-hook on the backbone: a checkpoint saved while VPT held every block's prompts in one
+    (L, P, D) tensor (`vpt_prompts.prompts`) loads into the per-block prompts, row l into `blocks.l.vpt.prompts`."""
+    stacked = state_dict.pop(f"{prefix}vpt_prompts.prompts", None)
+    if stacked is not None:
+        for layer in range(stacked.shape[0]):
+            state_dict.setdefault(f"{prefix}blocks.{layer}.vpt.prompts", stacked[layer])
+
+
 def vpt_deep(model: Classifier, num_tokens: int = 10, dropout: float = 0.0) -> Classifier:
     """Install a `BlockPrompts` as `blocks[l].vpt` of every block, with forward hooks that use it."""
     require_stock_attention(
@@ -67,4 +76,5 @@ def vpt_deep(model: Classifier, num_tokens: int = 10, dropout: float = 0.0) -> C
         block.vpt = BlockPrompts(prompts[layer].clone(), vit.num_prefix_tokens, layer == 0, dropout).to(device)
         block.register_forward_pre_hook(_insert)
     vit.blocks[-1].register_forward_hook(_remove)
+    vit.register_load_state_dict_pre_hook(_split_saved_prompts)
     return model
