@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, compose_cfg
 from vitlab.bench.attention import render_markdown
+from vitlab.errors import ConfigError
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
@@ -379,3 +381,20 @@ def test_memory_bench_refuses_an_unknown_entry_and_bf16_on_the_cpu(tmp_path) -> 
     assert proc.returncode == 2 and "memory.only" in proc.stderr and "nystrom" in proc.stderr
     proc = run_bench("memory", "memory.precision=bf16-mixed", f"out_dir={tmp_path}")
     assert proc.returncode == 2 and "memory.device=cuda" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_attention_bench_in_bf16_needs_cuda_and_autocasts_the_forward(monkeypatch) -> None:
+    """`attention.precision=bf16-mixed` (SDPA's flash kernel on a GPU) runs each layer's forward under autocast,
+    and is refused on the CPU, where the table would claim a GPU path it never took."""
+    from vitlab.bench import worker
+    from vitlab.cli.bench import run_bench as bench_main
+
+    with pytest.raises(ConfigError, match=r"attention\.precision='bf16-mixed'.*attention\.device=cuda"):
+        bench_main(compose_cfg(["attention.precision=bf16-mixed"], config_name="bench"))
+    seen: list[dict] = []
+    real = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda **kw: seen.append(kw) or real(**kw))
+    step = worker.make_step("softmax_sdpa", 17, 2, 32, 2, "cpu", "bf16-mixed")
+    assert step() > 0 and seen[-1]["enabled"] and seen[-1]["dtype"] == torch.bfloat16
+    worker.make_step("softmax_sdpa", 17, 2, 32, 2, "cpu")()
+    assert not seen[-1]["enabled"]  # fp32: no autocast

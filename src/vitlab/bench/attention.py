@@ -23,14 +23,15 @@ from vitlab.bench.rounds import MIN_ROUNDS, Spread, ratios
 from vitlab.runs.files import atomic_open, write_json, write_text
 
 log = logging.getLogger("vitlab")
-SHAPE_KEYS = ("batch_size", "dim", "heads", "device")
+SHAPE_KEYS = ("batch_size", "dim", "heads", "device", "precision")
 
 
 def _worker(mode: str, entries: Sequence[str], seq_len: int, settings: dict, timeout: int) -> dict:
     cmd = [sys.executable, "-m", "vitlab.bench.worker", mode, "--entries", ",".join(entries), "--seq-len", str(seq_len)]
     keys = (*SHAPE_KEYS, "rounds", "untimed_rounds") if mode == "time" else SHAPE_KEYS
     for key in keys:
-        cmd += [f"--{key.replace('_', '-')}", str(settings[key])]
+        if key in settings:  # precision: absent from settings written before it existed
+            cmd += [f"--{key.replace('_', '-')}", str(settings[key])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -120,7 +121,8 @@ def render_markdown(results: list[dict], settings: dict, env: dict | None = None
     lines = [header(env), ""] if env else []
     lines += [
         f"One mixer layer, forward + backward: batch {settings.get('batch_size')}, dim {settings.get('dim')}, "
-        f"{settings.get('heads')} heads, fp32, device `{settings.get('device')}`. Time: median ms (min–max) of "
+        f"{settings.get('heads')} heads, {settings.get('precision', 'fp32')}, device `{settings.get('device')}`. "
+        "Time: median ms (min–max) of "
         f"{rounds} interleaved rounds in one process per length; memory: peak MB above the process baseline, one "
         f"fresh process per cell.{few}",
         "",

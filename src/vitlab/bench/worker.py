@@ -40,18 +40,25 @@ def geometry(seq_len: int, dim: int, heads: int) -> TokenGeometry:
     return geo
 
 
-def make_step(entry: str, seq_len: int, batch_size: int, dim: int, heads: int, device: str) -> Callable[[], float]:
-    """A callable running one forward+backward of the entry's layer; returns its duration in ms."""
+def make_step(
+    entry: str, seq_len: int, batch_size: int, dim: int, heads: int, device: str, precision: str = "fp32"
+) -> Callable[[], float]:
+    """A callable running one forward+backward of the entry's layer; returns its duration in ms.
+    `precision=bf16-mixed`: the forward under CUDA autocast to bfloat16 (what trainer.precision=bf16-mixed runs),
+    where SDPA can take its flash kernel, which fp32 inputs never reach."""
     torch.manual_seed(0)
     layer = build_layer(entry, geometry(seq_len, dim, heads)).to(device)
     x = torch.randn(batch_size, seq_len, dim, device=device, requires_grad=True)
     cuda = device.startswith("cuda")
+    mixed = precision == "bf16-mixed"
 
     def step() -> float:
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        layer(x).sum().backward()
+        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=mixed):
+            out = layer(x)
+        out.float().sum().backward()
         if cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -71,12 +78,13 @@ def time_entries(
     device: str,
     rounds: int,
     untimed_rounds: int,
+    precision: str = "fp32",
 ) -> dict:
     steps, errors, peaks = {}, {}, {}
     cuda = device.startswith("cuda")
     for name in entries:
         try:
-            step = make_step(name, seq_len, batch_size, dim, heads, device)
+            step = make_step(name, seq_len, batch_size, dim, heads, device, precision)
             if cuda:  # CUDA's peak counter resets per entry: memory needs no process of its own there
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -93,9 +101,11 @@ def time_entries(
     return {"seq_len": seq_len, "times_ms": samples, "errors": errors, "peak_mb": peaks}
 
 
-def memory_entry(entry: str, seq_len: int, batch_size: int, dim: int, heads: int, device: str) -> dict:
+def memory_entry(
+    entry: str, seq_len: int, batch_size: int, dim: int, heads: int, device: str, precision: str = "fp32"
+) -> dict:
     cuda = device.startswith("cuda")
-    step = make_step(entry, seq_len, batch_size, dim, heads, device)
+    step = make_step(entry, seq_len, batch_size, dim, heads, device, precision)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -116,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16-mixed"))
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--untimed-rounds", type=int, default=2)
     a = p.parse_args(argv)
@@ -125,9 +136,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"unknown entries {unknown}; allowed: {', '.join(ENTRIES)}")
     shape = (a.seq_len, a.batch_size, a.dim, a.heads, a.device)
     if a.mode == "time":
-        result = time_entries(entries, *shape, rounds=a.rounds, untimed_rounds=a.untimed_rounds)
+        result = time_entries(entries, *shape, rounds=a.rounds, untimed_rounds=a.untimed_rounds, precision=a.precision)
     else:
-        result = memory_entry(entries[0], *shape)
+        result = memory_entry(entries[0], *shape, precision=a.precision)
     print(json.dumps(result))
     sys.stdout.flush()
 

@@ -41,7 +41,16 @@ def run_bench(cfg: DictConfig) -> None:
         from vitlab.bench.attention import run
 
         opts = cfg.attention
-        settings = {k: opts[k] for k in ("batch_size", "dim", "heads", "device", "rounds", "untimed_rounds")}
+        keys = ("batch_size", "dim", "heads", "device", "precision", "rounds", "untimed_rounds")
+        settings = {k: opts[k] for k in keys}
+        if settings["precision"] not in ("fp32", "bf16-mixed") or (
+            settings["precision"] != "fp32" and not str(settings["device"]).startswith("cuda")
+        ):
+            raise ConfigError(
+                f"attention.precision={settings['precision']!r} is not allowed with attention.device="
+                f"{settings['device']}: fp32, or bf16-mixed (CUDA autocast, where SDPA takes its flash kernel) "
+                "with attention.device=cuda."
+            )
         run(list(opts.seq_lens), list(opts.entries), settings, out_dir, timeout=int(opts.timeout_s))
         print((out_dir / "attention.md").read_text())
         log.info("wrote %s/attention.md, .json and .png", out_dir)
