@@ -57,7 +57,8 @@ def cpu_peak(lscpu_text: str, cpuinfo_text: str = "", fma_units: int = 2, cores:
         return Peak(None, "clock or core count not found in lscpu or /proc/cpuinfo")
     per_cycle = lanes * 2 * fma_units  # an FMA is 2 FLOPs
     basis = (
-        f"{cores} cores × {mhz / 1e3:.3f} GHz ({source}) × {per_cycle} fp32 FLOPs/cycle ({isa}: {lanes} lanes × "
+        f"{cores} core{'s' if cores != 1 else ''} × {mhz / 1e3:.3f} GHz ({source}) × {per_cycle} fp32 "
+        f"FLOPs/cycle ({isa}: {lanes} lanes × "
         f"2 per FMA × {fma_units} FMA units per core, assumed)"
     )
     return Peak(cores * mhz * 1e6 * per_cycle, basis)
