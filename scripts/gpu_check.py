@@ -81,6 +81,16 @@ def run_results(expected: int) -> Callable[[Path], str]:
     return figure
 
 
+def finetune_figure(log_dir: Path) -> str:
+    """The fine-tuning recipe's run: ok, layer-wise decay applied (its table recorded) and fused AdamW ran."""
+    summary = run_results(1)(log_dir)
+    record = next(r for r in results_under(log_dir) if r.get("status") == "ok")
+    table, implementation = record.get("optim/layer_scales"), record.get("optim/implementation")
+    if not table or implementation != "fused":
+        raise RuntimeError(f"optim/layer_scales={table!r}, optim/implementation={implementation!r} (want fused)")
+    return f"{summary}, {len(table)} layers, lr scale {table[0]['lr_scale']:.2g}..{table[-1]['lr_scale']:.2g}, fused"
+
+
 def markdown_file(name: str) -> Callable[[Path], str]:
     def figure(log_dir: Path) -> str:
         return f"see {log_dir / name}" if (log_dir / name).exists() else ""
@@ -102,6 +112,9 @@ def checks() -> list[Check]:
     bare_loop_overrides = "overhead.train_overrides=[" + ",".join(f"'{o}'" for o in bare_loop) + "]"
     # FSDP on one device: the strategy's wrapping, sharded checkpointing and mixed precision still run
     fsdp = ["trainer=fsdp", "trainer.devices=1", *vit_small]
+    # the fine-tuning recipe's three memory and speed settings together, on ViT-B/16 at 224 px
+    vit_base = ["model/backbone=vit_base", "~model/stem", "data=fake", "data.img_size=224", "data.batch_size=64"]
+    finetune = ["optim.layer_decay=0.65", "model.grad_checkpointing=true", "optim.fused=true"]
     return [
         Check("fit_bf16", "default fit, trainer=gpu, bf16-mixed", [*train, *GPU, *QUIET], 150, run_results(1)),
         Check(
@@ -170,6 +183,51 @@ def checks() -> list[Check]:
                 "attention.seq_lens=[1025,4097,16385]",
                 "attention.timeout_s=240",
                 f"out_dir={OUT}/attention_bench",
+            ],
+            420,
+            markdown_file("attention.md"),
+            train=False,
+        ),
+        Check(
+            "finetune_vit_base",
+            "vit_base 224 px, bf16-mixed: layer decay 0.65 + activation checkpointing + fused AdamW",
+            [*train, *GPU, *vit_base, *finetune, *FEW_STEPS, *QUIET],
+            240,
+            finetune_figure,
+        ),
+        Check(
+            "fsdp_checkpointing",
+            "trainer=fsdp with model.grad_checkpointing=true on vit_small",
+            [*train, *fsdp, "model.grad_checkpointing=true", *FEW_STEPS, *QUIET],
+            180,
+            run_results(1),
+        ),
+        Check(
+            "memory_bench",
+            "vitlab-bench memory on CUDA: ViT-B/16 224 px batch 32 per slot, checkpointing off/on, MFU (fp32)",
+            [
+                *bench,
+                "memory",
+                "memory.device=cuda",
+                "memory.rounds=1",
+                "memory.timeout_s=240",
+                f"out_dir={OUT}/memory",
+            ],
+            600,
+            markdown_file("memory.md"),
+            train=False,
+        ),
+        Check(
+            "long_attention_bf16",
+            "SDPA's flash kernel (bf16) against our mixers at 4,097 and 16,385 tokens",
+            [
+                *bench,
+                "attention",
+                "attention.device=cuda",
+                "attention.precision=bf16-mixed",
+                "attention.seq_lens=[4097,16385]",
+                "attention.timeout_s=240",
+                f"out_dir={OUT}/long_attention_bf16",
             ],
             420,
             markdown_file("attention.md"),

@@ -50,6 +50,30 @@ def test_the_checks_cover_every_gpu_path() -> None:
     assert "16385" in commands["attention_bench"] and "attention.device=cuda" in commands["attention_bench"]
     assert all(m in commands["eit_presets"] for m in ("eit_mini", "eit_tiny", "eit_base", "eit_large"))
     assert "overhead.startup=false" in commands["bare_loop"] and "vit_small" in commands["bare_loop"]
+    finetune = commands["finetune_vit_base"]
+    assert all(k in finetune for k in ("optim.layer_decay=", "model.grad_checkpointing=true", "optim.fused=true"))
+    assert "model/backbone=vit_base" in finetune and "data.img_size=224" in finetune and "trainer=gpu" in finetune
+    assert (
+        "trainer=fsdp" in commands["fsdp_checkpointing"] and "grad_checkpointing=true" in commands["fsdp_checkpointing"]
+    )
+    assert "memory memory.device=cuda" in commands["memory_bench"]
+    long = commands["long_attention_bf16"]
+    assert "attention.precision=bf16-mixed" in long and "4097" in long and "16385" in long
+
+
+def test_the_finetune_check_fails_unless_layer_decay_and_fused_adamw_ran(tmp_path) -> None:
+    gpu_check = load_script()
+    record = {
+        "status": "ok",
+        "optim/implementation": "fused",
+        "optim/layer_scales": [{"lr_scale": 0.1}, {"lr_scale": 1}],
+    }
+    (tmp_path / "results.json").write_text(json.dumps(record))
+    assert "fused" in gpu_check.finetune_figure(tmp_path)
+    for changed in ({"optim/implementation": "foreach"}, {"optim/layer_scales": None}):
+        (tmp_path / "results.json").write_text(json.dumps({**record, **changed}))
+        with pytest.raises(RuntimeError, match="want fused"):
+            gpu_check.finetune_figure(tmp_path)
 
 
 def test_bare_loop_overrides_parse_as_a_list_in_hydra() -> None:
