@@ -370,6 +370,9 @@ def test_memory_bench_runs_every_cell_on_a_tiny_vit(tmp_path) -> None:
     assert all("error" not in c and c["peak_mb"]["median"] >= 0 and c["flops"] > 0 for c in record["cells"])
     trainable = {c["entry"]: c["trainable"] for c in record["cells"]}
     assert trainable["lora"] < trainable["stock"]  # model/peft=lora took effect
+    flops = {(c["entry"], c["checkpointing"]): c["flops"] for c in record["cells"]}
+    for entry in ("stock", "lora"):  # model.grad_checkpointing=true took effect: the blocks' forward runs twice
+        assert flops[entry, "on"] > flops[entry, "off"], flops
     assert [p["entry"] for p in record["pairs"]] == ["stock", "lora"]
     assert "[4/4] round 1 lora checkpointing=True" in proc.stderr
     assert (tmp_path / "memory.md").read_text().startswith("Machine: ")
