@@ -401,3 +401,18 @@ def test_attention_bench_in_bf16_needs_cuda_and_autocasts_the_forward(monkeypatc
     assert step() > 0 and seen[-1]["enabled"] and seen[-1]["dtype"] == torch.bfloat16
     worker.make_step("softmax_sdpa", 17, 2, 32, 2, "cpu")()
     assert not seen[-1]["enabled"]  # fp32: no autocast
+
+
+def test_a_cell_s_cpu_peak_counter_restarts_after_the_warm_up_step() -> None:
+    """The CPU peak of a memory cell is the timed step's own: the kernel's high-water mark is reset to the current
+    resident set after the warm-up step, then rises with what the timed step touches."""
+    from vitlab.bench import memory_cell
+
+    warm_up = torch.ones(96 * 2**18)  # 96 MB, then freed (an allocation this large is its own mapping)
+    del warm_up
+    if not memory_cell.reset_rss_peak():
+        pytest.skip("this kernel refuses /proc/self/clear_refs: the bench falls back to ru_maxrss (peak_scope)")
+    start = memory_cell._status_mb("VmHWM")
+    assert start - memory_cell._status_mb("VmRSS") < 24  # the warm-up's 96 MB peak is forgotten
+    timed = torch.ones(64 * 2**18)  # 64 MB touched by the "timed step"
+    assert memory_cell._status_mb("VmHWM") - start > 60 and timed.sum() > 0

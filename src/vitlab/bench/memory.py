@@ -2,18 +2,19 @@
 
 Every entry of `memory.entries` (configs/bench.yaml) is a list of overrides of the training configs (default
 `model/backbone=vit_base`, ViT-B/16 at 224 px); each runs with `model.grad_checkpointing=false` and `=true`.
-One cell = one entry × one setting = one fresh process (`vitlab.bench.memory_cell`: the CPU resident-set peak
-never goes down). Cells run in interleaved rounds: round r runs every cell once, in the same order, so a slow
-minute hits all alike; a checkpointing ratio (on / off, peak and step time) is computed within each round and
-summarised as median (min–max) over rounds (vitlab.bench.rounds). Achieved FLOP/s = the step's FLOPs
-(FlopCounterMode) / its measured time; MFU = that / the device's peak (vitlab.bench.peak_flops). Writes
-`<out_dir>/memory.{md,json}`; see docs/performance.md.
+One cell = one entry × one setting = one fresh process (`vitlab.bench.memory_cell`; on the CPU with glibc's mmap
+threshold fixed, so that the resident set follows the live tensors). Cells run in interleaved rounds: round r runs
+every cell once, in the same order, so a slow minute hits all alike; a checkpointing ratio (on / off, peak and step
+time) is computed within each round and summarised as median (min–max) over rounds (vitlab.bench.rounds). Achieved
+FLOP/s = the step's FLOPs (FlopCounterMode) / its measured time; MFU = that / the device's peak
+(vitlab.bench.peak_flops). Writes `<out_dir>/memory.{md,json}`; see docs/performance.md.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from vitlab.runs.files import write_json, write_text
 
 log = logging.getLogger("vitlab")
 SETTINGS = (False, True)  # model.grad_checkpointing of a cell: off, then on
+MMAP_THRESHOLD = 64 * 1024  # bytes: every allocation above it is a mapping of its own, returned when freed
 GOAL_PEAK, GOAL_TIME = 0.5, 1.4  # checkpointing's target: <= 0.5x the peak at <= 1.4x the step time
 
 
@@ -61,8 +63,10 @@ def run_cell(opts: dict[str, Any], entry: str, checkpointing: bool) -> dict[str,
     spec = {k: opts[k] for k in ("batch_size", "device", "precision", "num_classes")}
     spec["overrides"] = cell_overrides(opts, entry, checkpointing)
     cmd = [sys.executable, "-m", "vitlab.bench.memory_cell", json.dumps(spec)]
+    # freed tensors go back to the kernel, so the CPU resident set follows live memory (vitlab.bench.memory_cell)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=int(opts["timeout_s"]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=int(opts["timeout_s"]), env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {opts['timeout_s']} s"}
     if proc.returncode != 0:
@@ -126,9 +130,10 @@ def render_markdown(record: dict[str, Any], header: str = "") -> str:
     where = (
         "peak MB: `torch.cuda.max_memory_allocated` over the timed step above `memory_allocated` after building"
         if str(s["device"]).startswith("cuda")
-        else "peak MB: the resident-set high-water mark (`ru_maxrss`) above the one read after importing the "
-        "libraries and building the model, the AdamW optimiser (its moments come in the first step and count) "
-        "and the input batch"
+        else "peak MB: the resident-set high-water mark of the timed step (`VmHWM`, reset after the warm-up step; "
+        "glibc's mmap threshold fixed at 64 KiB so freed tensors leave the resident set) above the resident set "
+        "after building the model, the AdamW optimiser (its moments come in the warm-up step and count) and the "
+        "input batch"
     )
     lines = [header, ""] if header else []
     lines += [
