@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,14 @@ import torch
 from conftest import ROOT, TINY, compose_cfg
 from vitlab.bench.attention import render_markdown
 from vitlab.errors import ConfigError
+
+# vit_base shrunk for the bench CLIs' model_overrides (vit_base's config has no such keys: `+`)
+TINY_VIT_B = ("+model.backbone.embed_dim=32", "+model.backbone.depth=2", "+model.backbone.num_heads=2")
+
+
+def quoted_list(*overrides: str) -> str:
+    """Overrides as one Hydra list value; each quoted, since an element holding '=' must be."""
+    return "[" + ",".join(f"'{o}'" for o in overrides) + "]"
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
@@ -147,8 +156,7 @@ def test_transfer_report_gives_each_variants_overhead_against_its_baseline() -> 
 
 @pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_transfer_bench_cli_times_every_variant_on_a_tiny_vit(tmp_path) -> None:
-    sizes = ("model.backbone.patch_size=4", "+model.backbone.embed_dim=32", "+model.backbone.depth=2")
-    tiny = "[" + ",".join(f"'{s}'" for s in (*sizes, "+model.backbone.num_heads=2")) + "]"  # vit_base has no such keys
+    tiny = quoted_list("model.backbone.patch_size=4", *TINY_VIT_B)
     args = ["transfer", "transfer.img_size=16", f"transfer.model_overrides={tiny}", "transfer.rounds=1"]
     proc = run_bench(*args, "transfer.untimed_rounds=0", "transfer.head_batch_size=8", f"out_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -355,8 +363,7 @@ def test_memory_report_ratios_are_per_round_and_mfu_uses_the_model_flops() -> No
 
 @pytest.mark.slow  # starts vitlab processes or trains: not in make test-fast
 def test_memory_bench_runs_every_cell_on_a_tiny_vit(tmp_path) -> None:
-    sizes = ("+model.backbone.embed_dim=32", "+model.backbone.depth=2", "+model.backbone.num_heads=2")
-    tiny = "[" + ",".join(f"'{s}'" for s in sizes) + "]"  # vit_base has no such keys
+    tiny = quoted_list(*TINY_VIT_B)
     args = ["memory", "memory.only=[stock,lora]", "memory.img_size=32", "memory.batch_size=2", "memory.rounds=1"]
     proc = run_bench(*args, f"memory.model_overrides={tiny}", f"out_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -403,16 +410,28 @@ def test_attention_bench_in_bf16_needs_cuda_and_autocasts_the_forward(monkeypatc
     assert not seen[-1]["enabled"]  # fp32: no autocast
 
 
+@pytest.mark.slow  # starts a Python process: the bench's cells run in processes of their own
 def test_a_cell_s_cpu_peak_counter_restarts_after_the_warm_up_step() -> None:
     """The CPU peak of a memory cell is the timed step's own: the kernel's high-water mark is reset to the current
-    resident set after the warm-up step, then rises with what the timed step touches."""
-    from vitlab.bench import memory_cell
+    resident set after the warm-up step, then rises with what the timed step touches. In a process started as
+    the bench starts its cells (glibc's mmap threshold fixed: freed tensors leave the resident set)."""
+    from vitlab.bench.memory import MMAP_THRESHOLD
 
-    warm_up = torch.ones(96 * 2**18)  # 96 MB, then freed (an allocation this large is its own mapping)
-    del warm_up
-    if not memory_cell.reset_rss_peak():
+    script = """
+import json, torch
+from vitlab.bench import memory_cell as m
+warm_up = torch.ones(96 * 2**18); del warm_up  # 96 MB, then freed
+if not m.reset_rss_peak():
+    print(json.dumps(None)); raise SystemExit
+start, rss = m._status_mb("VmHWM"), m._status_mb("VmRSS")
+timed = torch.ones(64 * 2**18)  # 64 MB touched by the "timed step"
+print(json.dumps([start - rss, m._status_mb("VmHWM") - start]))
+"""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    if measured is None:
         pytest.skip("this kernel refuses /proc/self/clear_refs: the bench falls back to ru_maxrss (peak_scope)")
-    start = memory_cell._status_mb("VmHWM")
-    assert start - memory_cell._status_mb("VmRSS") < 24  # the warm-up's 96 MB peak is forgotten
-    timed = torch.ones(64 * 2**18)  # 64 MB touched by the "timed step"
-    assert memory_cell._status_mb("VmHWM") - start > 60 and timed.sum() > 0
+    after_reset, timed_rise = measured
+    assert after_reset < 24 and timed_rise > 60, measured  # the warm-up's 96 MB forgotten; the timed 64 MB seen

@@ -10,14 +10,13 @@ with the machine it was measured on.
 
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from vitlab.bench.env import environment, header
+from vitlab.bench.json_process import run_json_process
 from vitlab.bench.layers import ENTRIES, REFERENCE_PACKAGES, reference_of
 from vitlab.bench.rounds import MIN_ROUNDS, Spread, ratios
 from vitlab.runs.files import atomic_open, write_json, write_text
@@ -32,14 +31,7 @@ def _worker(mode: str, entries: Sequence[str], seq_len: int, settings: dict, tim
     for key in keys:
         if key in settings:  # precision: absent from settings written before it existed
             cmd += [f"--{key.replace('_', '-')}", str(settings[key])]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return {"error": last[:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_process(cmd, timeout)
 
 
 def measure_length(entries: Sequence[str], seq_len: int, settings: dict, timeout: int) -> list[dict]:

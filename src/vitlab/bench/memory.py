@@ -16,11 +16,11 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from vitlab.bench.json_process import run_json_process
 from vitlab.bench.memory_cell import PRECISIONS
 from vitlab.bench.rounds import MIN_ROUNDS, Spread, ratios
 from vitlab.errors import ConfigError
@@ -65,14 +65,7 @@ def run_cell(opts: dict[str, Any], entry: str, checkpointing: bool) -> dict[str,
     cmd = [sys.executable, "-m", "vitlab.bench.memory_cell", json.dumps(spec)]
     # freed tensors go back to the kernel, so the CPU resident set follows live memory (vitlab.bench.memory_cell)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=int(opts["timeout_s"]), env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {opts['timeout_s']} s"}
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return {"error": last[:300]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_process(cmd, int(opts["timeout_s"]), env=env)
 
 
 def summarise(entries: list[str], samples: dict[str, dict[str, list[dict]]], batch_size: int, peak: float | None):
