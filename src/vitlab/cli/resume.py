@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from vitlab.errors import ConfigError
 from vitlab.runs.checkpoint_choice import continue_refusal, damaged_last
@@ -135,3 +136,55 @@ def newest_unfinished(log_dir: Path, overrides: list[str]) -> Path | None:
         if same_experiment(state.overrides, overrides, MAY_CHANGE_ON_RESUME):
             candidates.append((state.created, path.stat().st_mtime, path.parent))
     return max(candidates)[2] if candidates else None
+
+
+def recorded_data_sources(cfg: Any) -> list[tuple[str, RunState]]:
+    """(what, run state) of the runs whose training state this job continues: its own directory when it holds
+    a checkpoint (`resume=`, a sweep re-run in place), and the run of `ckpt_path` (`<run>/checkpoints/*.ckpt`)."""
+    sources = []
+    run_dir = Path(str(cfg.paths.output_dir))
+    state = RunState.read(run_dir)
+    if state is not None and any((run_dir / "checkpoints").glob("*.ckpt")):
+        sources.append((f"the run in {run_dir}", state))
+    ckpt = cfg.get("ckpt_path")
+    if ckpt:
+        path = Path(str(ckpt))
+        origin = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        state = RunState.read(origin)
+        if state is not None and origin.resolve() != run_dir.resolve():
+            sources.append((f"ckpt_path={ckpt}", state))
+    return sources
+
+
+def check_same_data(cfg: Any) -> None:
+    """A continued run must read the data it trained on (docs/runs.md, "Which data a run read"): the data hash
+    its run.json recorded must equal this job's. Checked before the attempt opens, so a refusal writes nothing;
+    a run from before data hashes were recorded continues with one warning line."""
+    from omegaconf import OmegaConf
+
+    from vitlab.training.components import build_datamodule
+
+    sources = recorded_data_sources(cfg)
+    if not sources:
+        return
+    current = None
+    for what, state in sources:
+        saved = state.data_fingerprint()
+        if saved is None:
+            log.warning("%s recorded no data hash (a run from before data hashes): its data is not checked", what)
+            continue
+        if current is None:
+            current = build_datamodule(cfg).fingerprint()
+        if saved["sha256"] == current["sha256"]:
+            continue
+        target = str(OmegaConf.select(cfg, "data._target_") or "?").rsplit(".", 1)[-1]
+        root = OmegaConf.select(cfg, "data.root")
+        data = f"data={target}" + (f" data.root={root}" if root is not None else "")
+        raise ConfigError(
+            f"{what} trained on data with sha256 {saved['sha256']} ({saved.get('samples')} samples), but {data} "
+            f"now reads data with sha256 {current['sha256']} ({current['samples']} samples): files were added, "
+            "removed, renamed or resized, a label changed, or the split or class selection differs. Continuing "
+            "would mix two data sets in one result, so nothing was started or overwritten. Restore the data the "
+            "run read (or point data.root at that copy), or start a new run on the new data (a new run "
+            "directory, without resume= or ckpt_path=)."
+        )

@@ -10,6 +10,7 @@ vitlab-train ckpt_path=<a checkpoint>         # a new run, warm-started from a c
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
@@ -33,6 +34,8 @@ from vitlab.extras import check_argv
 if TYPE_CHECKING:
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from vitlab.cli.in_place import Attempt
 
 log = logging.getLogger("vitlab")
 
@@ -65,8 +68,9 @@ def _architecture(model: Any) -> Any:
     return {k: v for k, v in model.items() if k not in MEMORY_ONLY_MODEL_KEYS}
 
 
-def train(cfg: DictConfig, record: dict[str, Any]) -> None:
-    """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`."""
+def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = None) -> None:
+    """The recipe: seed, data, model, trainer; fit; test the best checkpoint; fill `record`. `attempt` (the run
+    directory's bookkeeping) gets the data's hash in run.json as soon as it is known."""
     from pytorch_lightning import seed_everything
 
     from vitlab.cli.trainer_check import check_batch_split, check_optimisation, check_trainer
@@ -95,6 +99,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
         raise ConfigError(f"test_checkpoint={cfg.test_checkpoint!r} is not an option. Allowed: best, last.")
     export = _export_path(cfg)
     datamodule = build_datamodule(cfg)
+    data = record_data(datamodule.fingerprint(), record, attempt, Path(cfg.paths.output_dir))
     module = build_module(cfg, datamodule.num_classes)
     record.update(param_counts(module.model))
     print_param_table(module.model)
@@ -105,7 +110,7 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
     check_batch_split(cfg, trainer.world_size)  # each process would find it after all of them started
     origin = provenance(trainer.strategy.root_device)  # versions, device, git state: in results.json and loggers
     record.update(origin)
-    log_config(trainer, cfg, extra={"provenance": origin})
+    log_config(trainer, cfg, extra={"provenance": origin, "data/sha256": data["sha256"]})
     log.info("run directory: %s", cfg.paths.output_dir)
     raise_if_interrupted()
 
@@ -142,6 +147,19 @@ def train(cfg: DictConfig, record: dict[str, Any]) -> None:
         best = record.get("best_ckpt")
         tested = f"the best checkpoint, {Path(best).name}" if best else "the final weights"
         print(f"\ntest/acc = {record['test/acc']:.4f} with {tested}   (results: {cfg.paths.output_dir}/results.json)")
+
+
+def record_data(data: dict[str, Any], record: dict[str, Any], attempt: Attempt | None, run_dir: Path) -> dict:
+    """Which data this run reads (docs/runs.md): `data/sha256` and `data/samples` in results.json, the whole
+    fingerprint in this attempt's entry of run.json (written now: an interrupted run has it for its resume)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    record["data/sha256"], record["data/samples"] = data["sha256"], data["samples"]
+    log.info("data: sha256 %s (%d samples, %s)", data["sha256"], data["samples"], data["basis"])
+    if attempt is not None and attempt.state is not None and rank_zero_only.rank == 0:
+        attempt.state.record_data(data)
+        attempt.state.write(run_dir)
+    return data
 
 
 def record_weights_report(model: torch.nn.Module, run_dir: Path, record: dict[str, Any]) -> None:
@@ -229,6 +247,7 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
     """One job of `vitlab-train` (the only one, or one of a multirun): its metric for a sweeper; a failed job's
     run directory is added to `failures` (this command's list: a multirun goes on, then exits non-zero)."""
     from vitlab.cli.in_place import RunFinished, apply_attempt, attempt_options, open_attempt
+    from vitlab.cli.resume import check_same_data
     from vitlab.cli.runner import (
         configure_wandb,
         is_multirun,
@@ -245,6 +264,7 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
     match_threads_to_allocation()
     try:  # this run directory: a new run, or the same experiment continued in place (docs/resume.md)
         metric = _optimised_metric(cfg)  # what the job returns; a conflicting old spelling is refused before training
+        check_same_data(cfg)  # a continued run on changed data: refused before anything is written
         attempt = open_attempt(Path(cfg.paths.output_dir), task_overrides(), **attempt_options(cfg))
     except RunFinished as exc:
         if not is_multirun():
@@ -259,7 +279,7 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
             raise SystemExit(2) from None
         return None
     apply_attempt(cfg, attempt)
-    record = run_task(cfg, train, attempt)
+    record = run_task(cfg, functools.partial(train, attempt=attempt), attempt)
     if record.get("status") == "failed":
         failures.append(str(cfg.paths.output_dir))
         return None  # no metric: a sweeper records the trial as failed (Optuna: FAIL), even if val/acc was measured

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -31,6 +32,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.seed = 0  # the run's seed (set by the CLI): the training order and sample seeds derive from it
+        self._fingerprint: dict[str, Any] | None = None
 
     @property
     @abc.abstractmethod
@@ -95,6 +97,28 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
     def test_dataloader(self) -> DataLoader:
         self.setup()
         return self._loader(self.test_set, train=False)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Which data this module reads: {"sha256", "samples", "basis"} over every split's samples, computed
+        once (after setup) and cached beside folder data (vitlab.data.fingerprint; docs/runs.md)."""
+        from vitlab.data.fingerprint import fingerprint
+
+        self.setup()
+        if self._fingerprint is None:
+            splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+            settings = {"data": type(self).__name__, "num_classes": self.num_classes, **self.fingerprint_settings()}
+            folder, listed = self.fingerprint_folder()
+            self._fingerprint = fingerprint(splits, settings, folder, listed)  # type: ignore[arg-type]
+        return dict(self._fingerprint)
+
+    def fingerprint_settings(self) -> dict[str, Any]:
+        """The settings that select samples (class names, selected classes, split files): part of the hash."""
+        return {}
+
+    def fingerprint_folder(self) -> tuple[Path | None, bool]:
+        """(the folder the samples' paths are relative to and the cache lives in, or None for in-memory data;
+        whether every file under it is hashed too, for sets whose samples are not files)."""
+        return None, False
 
     def split_sizes(self) -> dict[str, int]:
         self.setup()

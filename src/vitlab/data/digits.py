@@ -128,6 +128,9 @@ class DigitsDataModule(ImageDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def fingerprint_settings(self) -> dict[str, Any]:
+        return {"classes": self.classes, "train_per_class": self.train_per_class}
+
     def split_indices(self) -> list[Tensor]:
         """(train, val, test) indices into the 1,797 digits; the same for every run with this `split_seed`.
         The split is made over all ten digits first, so the test images of a digit never depend on `classes`."""

@@ -57,6 +57,12 @@ class ImageFolderDataModule(ImageDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def fingerprint_settings(self) -> dict[str, Any]:
+        return {"classes": self.classes, "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+
+    def fingerprint_folder(self) -> tuple[Path | None, bool]:
+        return self.root, False
+
     def _folder(self, split: str, transform: Any) -> ImageFolder:
         present = sorted(p.name for p in (self.root / split).iterdir() if p.is_dir())
         missing, extra = sorted(set(self.classes) - set(present)), sorted(set(present) - set(self.classes))

@@ -76,6 +76,12 @@ class TinyImageNetDataModule(ImageDataModule):
     def num_classes(self) -> int:
         return len(self.wnids)
 
+    def fingerprint_settings(self) -> dict[str, Any]:
+        return {"classes": self.wnids, "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+
+    def fingerprint_folder(self) -> tuple[Path | None, bool]:
+        return self.root, False
+
     def _train_samples(self) -> list[tuple[Path, int]]:
         samples = []
         for label, wnid in enumerate(self.wnids):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
 from vitlab.data.base import ImageDataModule
@@ -129,6 +129,22 @@ class TorchvisionDataModule(ImageDataModule):
     @property
     def num_classes(self) -> int:
         return self.spec.num_classes
+
+    def fingerprint_settings(self) -> dict[str, Any]:
+        """The name and split, and for a set stored as single files beside others in `root` (SVHN's .mat
+        files) each file's size: the folder listing covers the sets that have a folder of their own."""
+        files = {}
+        for dataset in (self.train_set, self.val_set, self.test_set):
+            while isinstance(dataset, Subset):
+                dataset = dataset.dataset
+            name = getattr(dataset, "filename", None)
+            if isinstance(name, str) and (self.root / name).is_file():
+                files[name] = (self.root / name).stat().st_size
+        return {"name": self.name, "val_fraction": self.val_fraction, "split_seed": self.split_seed, "files": files}
+
+    def fingerprint_folder(self) -> tuple[Path | None, bool]:
+        folder = self.root / self.spec.folder
+        return (folder, True) if folder.is_dir() else (None, False)
 
     def _make(self, split: dict[str, Any], transform: Callable, download: bool = False) -> Dataset:
         try:

@@ -157,6 +157,12 @@ class VTAB1kDataModule(ImageDataModule):
         train, val, test = PROTOCOLS[self.protocol]
         return train, FINAL_VAL[self.final_val] if self.protocol == "final" else val, test
 
+    def fingerprint_settings(self) -> dict[str, Any]:
+        return {"task": self.task, "protocol": self.protocol, "split_files": list(self.split_files())}
+
+    def fingerprint_folder(self) -> tuple[Path | None, bool]:
+        return self.task_dir, False
+
     def _read(self, name: str) -> list[tuple[str, int]]:
         path = self.task_dir / name
         if not path.is_file():

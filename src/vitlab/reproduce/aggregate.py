@@ -45,6 +45,7 @@ class Cell:
     paper_subset: bool = False  # the paper's summary recomputed over the same data sets as ours
     selected: str | None = None  # the grid point chosen on the selection metric, e.g. "optim.lr=0.01"
     seed_values: dict[int, float] = field(default_factory=dict, repr=False)
+    data_sha256: str | None = None  # the finished runs' `data/sha256`, distinct values space-separated (docs/runs.md)
 
 
 @dataclass
@@ -108,6 +109,8 @@ def _dataset_cell(spec: TableSpec, row: RowSpec, column: str, runs: Runs) -> tup
     if len(runs) > 1:  # a grid: say which point the selection metric chose
         cell.selected = " ".join(f"{k}={v}" for k, v in point)
     cell.seed_values = values
+    hashes = dict.fromkeys(str(r["data/sha256"]) for _, r in ok if r.get("data/sha256"))  # first-seen order
+    cell.data_sha256 = " ".join(hashes) or None  # two values: the seeds read different data
     return cell, [r for _, r in ok]
 
 

@@ -168,7 +168,7 @@ def render_markdown(results: list[RowResult], spec: TableSpec) -> str:
 CSV_FIELDS = ["paper", "table", "scale", "row", "label", "column", "kind", "status", "mean", "std", "n_ok",
               "n_failed", "n_expected", "paper_value", "diff", "paper_subset", "selected", *PARAMS_KEYS,
               "params_paper", "macs_per_image", "macs_paper", "peak_mem_mb", "train_img_per_s", "val_late_gain",
-              "needs", "error"]  # fmt: skip
+              "data_sha256", "needs", "error"]  # fmt: skip
 
 
 def _csv_record(spec: TableSpec, r: RowResult, c: Cell) -> dict[str, object]:
@@ -179,7 +179,7 @@ def _csv_record(spec: TableSpec, r: RowResult, c: Cell) -> dict[str, object]:
             "params_paper": r.row.params_paper, "macs_per_image": r.cost.get(spec.macs_key),
             "macs_paper": r.row.macs_paper, "peak_mem_mb": r.cost.get("cost/peak_mem_mb"),
             "train_img_per_s": r.cost.get("cost/train_img_per_s"), "val_late_gain": r.cost.get(LATE_GAIN),
-            "needs": r.row.needs,
+            "data_sha256": c.data_sha256, "needs": r.row.needs,
             "error": c.error}  # fmt: skip
 
 

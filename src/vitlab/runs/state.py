@@ -176,6 +176,19 @@ class RunState:
             }
         )
 
+    def record_data(self, fingerprint: dict[str, Any]) -> None:
+        """The data this attempt reads (`ImageDataModule.fingerprint()`: sha256, samples, basis; docs/runs.md)."""
+        if self.attempts:
+            self.attempts[-1]["data"] = dict(fingerprint)
+
+    def data_fingerprint(self) -> dict[str, Any] | None:
+        """The data the latest attempt that recorded one read; None for runs from before data fingerprints."""
+        for attempt in reversed(self.attempts):
+            data = attempt.get("data")
+            if isinstance(data, dict) and data.get("sha256"):
+                return data
+        return None
+
     def end(self, status: str, wall_s: float, **details: Any) -> None:
         if self.attempts:
             self.attempts[-1].update(ended=now(), status=status, wall_s=wall_s, **details)
