@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,19 @@ def test_in_memory_sets_are_stable_and_follow_their_selection() -> None:
     assert FakeDataModule(train_size=63).fingerprint()["sha256"] != fake["sha256"]
 
 
+def test_moving_a_sample_across_a_split_boundary_changes_the_hash(tmp_path: Path) -> None:
+    from torch.utils.data import Subset
+
+    from vitlab.data.tiny_imagenet import LabelledFiles
+
+    for i in range(6):
+        (tmp_path / f"{i}.png").write_bytes(b"x" * i)
+    data = LabelledFiles([(tmp_path / f"{i}.png", 0) for i in range(6)], transform=None)  # per-file records
+    split = {"train": Subset(data, [0, 1, 2]), "val": Subset(data, [3, 4, 5])}
+    moved = {"train": Subset(data, [0, 1]), "val": Subset(data, [2, 3, 4, 5])}  # the same samples in order
+    assert fp_module.compute(split, {}, tmp_path)["sha256"] != fp_module.compute(moved, {}, tmp_path)["sha256"]
+
+
 def test_a_folder_hash_is_stable_and_sees_size_name_label_split_and_classes(folder: Path) -> None:
     first = ImageFolderDataModule(str(folder), num_workers=0, img_size=16).fingerprint()
     assert first["basis"] == "files" and first["samples"] == 60
@@ -53,9 +67,10 @@ def test_a_folder_hash_is_stable_and_sees_size_name_label_split_and_classes(fold
     seen = {first["sha256"]}
     image.write_bytes(image.read_bytes() + b"\0")  # same name, one byte more
     seen.add(folder_hash(folder))
-    image.rename(image.with_name("9.png"))  # renamed
+    time.sleep(0.02)  # past a coarse file-system clock tick: the rename's ctime is newer than the write's
+    image.rename(image.with_name("00.png"))  # renamed (still first of its class: only the name differs)
     seen.add(folder_hash(folder))
-    (folder / "train" / "cat" / "9.png").rename(folder / "train" / "dog" / "9.png")  # another label
+    (folder / "train" / "cat" / "00.png").rename(folder / "train" / "dog" / "00.png")  # another label
     seen.add(folder_hash(folder))
     assert len(seen) == 4, "a resized, a renamed and a relabelled file each give another hash"
 
@@ -83,9 +98,17 @@ def test_the_cache_is_used_and_invalidated_when_the_folder_changes(folder: Path,
     assert folder_hash(folder) == first and len(computed) == 1, "the second module reads the cache"
     cache = json.loads((folder / fp_module.CACHE_FILE).read_text())
     assert [entry["result"]["sha256"] for entry in cache.values()] == [first]
-    (folder / "test" / "eel" / "0.png").unlink()
-    assert folder_hash(folder) != first and len(computed) == 2, "a deleted file invalidates the cache"
-    assert folder_hash(folder, split_seed=3) and len(computed) == 3, "another split is another cache entry"
+    image = folder / "test" / "eel" / "0.png"
+    image.write_bytes(image.read_bytes() + b"\0")  # the same files and splits, one of them a byte longer
+    second = folder_hash(folder)
+    assert second != first and len(computed) == 2, "a rewritten file invalidates the cache"
+    time.sleep(0.02)  # past a coarse file-system clock tick: the rename's ctime is newer than the write's
+    image.rename(image.with_name("00.png"))  # the same count and total size: the rename's ctime tells
+    third = folder_hash(folder)
+    assert third not in (first, second) and len(computed) == 3, "a renamed file invalidates the cache"
+    image.with_name("00.png").unlink()
+    assert folder_hash(folder) not in (first, second, third) and len(computed) == 4, "so does a deleted one"
+    assert folder_hash(folder, split_seed=3) and len(computed) == 5, "another split is another cache entry"
 
 
 def test_a_read_only_folder_is_fingerprinted_without_a_cache(folder: Path, monkeypatch) -> None:
@@ -116,14 +139,14 @@ def _train_in_process(run_dir: Path, args: list[str]) -> dict:
     cfg = compose_config("train", args)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
-    attempt = open_attempt(run_dir, args)
+    attempt = open_attempt(run_dir, [])  # the overrides train_job sees outside a Hydra job (task_overrides)
     apply_attempt(cfg, attempt)
     run_task(cfg, lambda c, r: train_cli.train(c, r, attempt=attempt), attempt)
     return json.loads((run_dir / "results.json").read_text())
 
 
 @pytest.mark.slow  # trains end to end (in-process, a few seconds)
-def test_a_run_records_its_data_and_a_resume_on_changed_data_is_refused(tmp_path: Path, caplog) -> None:
+def test_a_run_records_its_data_and_a_resume_on_changed_data_is_refused(tmp_path: Path, caplog, capsys) -> None:
     from vitlab.cli import train as train_cli
     from vitlab.compose import compose_config
 
@@ -150,7 +173,7 @@ def test_a_run_records_its_data_and_a_resume_on_changed_data_is_refused(tmp_path
         cfg.paths.output_dir = str(run)
     with pytest.raises(SystemExit) as exit_info:
         train_cli.train_job(cfg, [])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 2 and "trained on data with sha256" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (run / "results.json", run / "run.json")} == before
     with pytest.raises(ConfigError, match=rf"{expected['sha256']}.*data.root={data}.*Restore the data"):
         _check(cfg)
