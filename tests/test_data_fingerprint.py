@@ -182,6 +182,12 @@ def test_a_run_records_its_data_and_a_resume_on_changed_data_is_refused(tmp_path
     with pytest.raises(ConfigError, match=r"ckpt_path=.*last.ckpt trained on data with sha256"):
         _check(cfg)
 
+    (run / "results.json").write_text(results.replace('"status": "interrupted"', '"status": "ok"'))
+    with open_dict(cfg):  # a finished run is never continued (open_attempt skips it): its data is not checked
+        cfg.paths.output_dir, cfg.ckpt_path = str(run), None
+    _check(cfg)
+    (run / "results.json").write_text(results)
+
     # a run from before data hashes: one warning line, then it continues
     old = json.loads((run / "run.json").read_text())
     for attempt in old["attempts"]:

@@ -139,12 +139,20 @@ def newest_unfinished(log_dir: Path, overrides: list[str]) -> Path | None:
 
 
 def recorded_data_sources(cfg: Any) -> list[tuple[str, RunState]]:
-    """(what, run state) of the runs whose training state this job continues: its own directory when it holds
-    a checkpoint (`resume=`, a sweep re-run in place), and the run of `ckpt_path` (`<run>/checkpoints/*.ckpt`)."""
+    """(what, run state) of the runs whose training state this job continues: its own directory when it is an
+    unfinished run of the same experiment with a checkpoint (`resume=`, a sweep re-run in place; open_attempt
+    refuses or skips the others), and the run of `ckpt_path` (`<run>/checkpoints/<file>.ckpt`)."""
+    from vitlab.runs.state import task_overrides
+
     sources = []
     run_dir = Path(str(cfg.paths.output_dir))
     state = RunState.read(run_dir)
-    if state is not None and any((run_dir / "checkpoints").glob("*.ckpt")):
+    if (
+        state is not None
+        and results_status(run_dir) != "ok"
+        and same_experiment(state.overrides, task_overrides(), MAY_CHANGE_ON_RESUME)
+        and any((run_dir / "checkpoints").glob("*.ckpt"))
+    ):
         sources.append((f"the run in {run_dir}", state))
     ckpt = cfg.get("ckpt_path")
     if ckpt:
