@@ -185,7 +185,7 @@ def check_same_data(cfg: Any) -> None:
             current = build_datamodule(cfg).fingerprint()
         if saved["sha256"] == current["sha256"]:
             continue
-        target = str(OmegaConf.select(cfg, "data._target_") or "?").rsplit(".", 1)[-1]
+        target = _data_choice() or str(OmegaConf.select(cfg, "data._target_") or "?").rsplit(".", 1)[-1]
         root = OmegaConf.select(cfg, "data.root")
         data = f"data={target}" + (f" data.root={root}" if root is not None else "")
         raise ConfigError(
@@ -196,3 +196,10 @@ def check_same_data(cfg: Any) -> None:
             "run read (or point data.root at that copy), or start a new run on the new data (a new run "
             "directory, without resume= or ckpt_path=)."
         )
+
+
+def _data_choice() -> str | None:
+    """The `data=` config group this job composed (e.g. `imagefolder`), inside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
