@@ -223,3 +223,29 @@ def test_the_reproduce_csv_names_each_cells_data(tmp_path: Path) -> None:
     good = {r["column"]: r["data_sha256"] for r in rows if r["row"] == "good"}
     assert good["a"] == "a" and good["b"] == "b b2", good
     assert {r["data_sha256"] for r in rows if r["row"] == "flaky"} == {""}  # no finished run: no hash
+
+
+def test_a_torchvision_set_hashes_the_files_of_its_folder(tmp_path: Path, monkeypatch) -> None:
+    from torch.utils.data import Dataset
+
+    from vitlab.data.torchvision_sets import TorchvisionDataModule
+
+    class Batches(Dataset):  # what CIFAR10 exposes without decoding: its labels (`targets`)
+        def __init__(self, n: int) -> None:
+            self.targets = [i % 10 for i in range(n)]
+
+        def __len__(self) -> int:
+            return len(self.targets)
+
+    folder = tmp_path / "cifar-10-batches-py"  # the spec's folder: every file under it is hashed
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"x" * 100)
+    monkeypatch.setattr(TorchvisionDataModule, "_build", lambda self: (Batches(40), Batches(10), Batches(20)))
+
+    def fingerprint() -> dict:
+        return TorchvisionDataModule("cifar10", str(tmp_path), num_workers=0).fingerprint()
+
+    first = fingerprint()
+    assert first["basis"] == "files" and first["samples"] == 70 and fingerprint() == first
+    (folder / "data_batch_1").write_bytes(b"x" * 101)
+    assert fingerprint()["sha256"] != first["sha256"]
