@@ -41,9 +41,7 @@ from torch import nn
 
 from vitlab.errors import ConfigError
 from vitlab.models.classifier import Classifier
-
-# timm VisionTransformer modules that run after the blocks (the final norm, pooling and classifier)
-AFTER_BLOCKS = ("norm.", "fc_norm.", "attn_pool.", "head_drop.", "head.")
+from vitlab.models.seams import AFTER_BLOCKS
 
 
 def enable_grad_checkpointing(model: Classifier, enabled: bool) -> Classifier:
@@ -82,4 +80,4 @@ def enable_grad_checkpointing(model: Classifier, enabled: bool) -> Classifier:
 def _trains_through_blocks(backbone: nn.Module) -> bool:
     """Whether the backward pass goes through the blocks: a trainable tensor in them or before them (stem,
     tokens, position embedding, VPT's prompts), i.e. anywhere in the backbone except after the blocks."""
-    return any(p.requires_grad for name, p in backbone.named_parameters() if not name.startswith(AFTER_BLOCKS))
+    return any(p.requires_grad for name, p in backbone.named_parameters() if name.split(".", 1)[0] not in AFTER_BLOCKS)

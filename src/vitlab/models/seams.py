@@ -18,6 +18,12 @@ MODEL_SEAMS = (
 )
 
 
+# the VisionTransformer modules forward_features runs before the blocks, and those it and forward_head run after
+# them, in order (the depths of layer-wise lr decay; what activation checkpointing leaves out)
+BEFORE_BLOCKS = ("patch_embed", "cls_token", "reg_token", "pos_embed", "pos_drop", "patch_drop", "norm_pre")
+AFTER_BLOCKS = ("norm", "fc_norm", "attn_pool", "head_drop", "head")
+
+
 class SeamError(RuntimeError):
     """The installed timm no longer exposes a seam vitlab relies on."""
 

@@ -35,10 +35,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from vitlab.errors import ConfigError
-
-# timm VisionTransformer attributes, in the order forward_features / forward_head use them
-BEFORE_BLOCKS = ("patch_embed", "cls_token", "reg_token", "pos_embed", "pos_drop", "patch_drop", "norm_pre")
-AFTER_BLOCKS = ("norm", "fc_norm", "attn_pool", "head_drop", "head")
+from vitlab.models.seams import AFTER_BLOCKS, BEFORE_BLOCKS
 
 
 def check_layer_decay(decay: Any, min_scale: Any) -> None:
