@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra/launcher=submitit_slurm|submitit_local"),
     "tensorboard": ("tensorboard", "logger=tensorboard and logger=many"),
     "plots": ("matplotlib", "the PNG figures of vitlab-reproduce and vitlab-bench"),
+    "data": ("webdataset", "vitlab-data pack and prepare (webdataset's tar writer; reading shards needs nothing)"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -23,9 +24,34 @@ def slurm_devices(devices: Any) -> int:
     )
 
 
+def packed_source(root: Any, key: str) -> Any:
+    """A key of the data config a packed set was made from (`configs/data/shards.yaml`: img_size, batch_size),
+    read from its manifest, so a model sized by `${data.img_size}` gets the source's size unless given."""
+    if root in (None, "", "???"):
+        raise ConfigError("data.root is not set; data=shards needs data.root=<packed directory or URL>.")
+    source = _packed_source(str(root))
+    if key not in source:
+        raise ConfigError(
+            f"data.root={root}: the packed set's source config has no {key!r}; give data.{key}=<value> yourself."
+        )
+    return source[key]
+
+
+@functools.lru_cache(maxsize=8)
+def _packed_source(root: str) -> dict[str, Any]:
+    """Read once per process: the resolver runs at every access of `data.img_size`."""
+    from vitlab.data.shards.manifest import MANIFEST, parse_manifest
+    from vitlab.data.shards.store import ShardStore
+
+    store = ShardStore(root)
+    return parse_manifest(store.read_text(MANIFEST), store.root)["source"]
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("vitlab.slurm_devices"):
         OmegaConf.register_new_resolver("vitlab.slurm_devices", slurm_devices)
+    if not OmegaConf.has_resolver("vitlab.packed"):
+        OmegaConf.register_new_resolver("vitlab.packed", packed_source)
 
 
 register_resolvers()
