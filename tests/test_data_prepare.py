@@ -79,7 +79,9 @@ def test_tiny_imagenet_becomes_a_class_folder_tree_with_the_same_splits_and_labe
     assert {k: v["samples"] for k, v in manifest["splits"].items()} == {"train": 12, "val": 3, "test": 6}
     assert manifest["splits"]["test"]["per_class"] == {"0_n03": 2, "1_n01": 2, "2_n02": 2}
     assert manifest["splits"]["train"]["image_size"]["width"] == {"min": 64, "median": 64, "max": 64}
-    assert manifest["source"]["root"] == str(tmp_path / "raw") and manifest["source"]["val_fraction"] == 0.2
+    source = manifest["source"]  # data=tiny_imagenet as training composes it, on the raw folder
+    assert source["_target_"] == "vitlab.data.tiny_imagenet.TinyImageNetDataModule" and source["img_size"] == 64
+    assert source["root"] == str(tmp_path / "raw") and source["val_fraction"] == 0.2 and "augment" in source
     assert manifest["vitlab_version"] == vitlab.__version__
     files = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "manifest.json")
     lines = [f"{p.relative_to(tmp_path / 'out')}\t{p.stat().st_size}\t{p.parent.name[0]}\n" for p in files]
@@ -106,6 +108,24 @@ def test_cifar10_arrays_are_written_as_lossless_pngs(tmp_path: Path, no_md5) -> 
     assert manifest["splits"]["test"]["per_class"] == dict.fromkeys(CIFAR_NAMES, 2)
     written = np.asarray(Image.open(tmp_path / "out" / "test" / "bird" / "000002.png"))
     assert np.array_equal(written, test_images[2])  # test image 2 is a bird, pixel for pixel
+
+
+def test_shards_hold_the_checked_splits_and_the_source_config(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("webdataset")
+    from vitlab.data.shards.module import ShardsDataModule
+
+    fake_layouts.vtab_task(tmp_path / "vtab" / "dtd")
+    argv = ["vtab1k", str(tmp_path / "vtab"), str(tmp_path / "out"), "task=dtd", "format=shards", *SMALL]
+    assert prepare_command(argv) == 0
+    packed = ShardsDataModule(str(tmp_path / "out"), num_workers=0, img_size=16)
+    (source,) = sources("vtab1k", tmp_path / "vtab", False, {"task": "dtd"})
+    source.module.setup()
+    assert packed.manifest["source"] == source.config and packed.num_classes == 3
+    assert packed.split_sizes() == source.module.split_sizes()
+    for split in ("train_set", "val_set", "test_set"):
+        shards = getattr(packed, split)
+        got = Counter((hashlib.sha256(shards.read(i)).hexdigest(), shards.targets[i]) for i in range(len(shards)))
+        assert got == contents(getattr(source.module, split)), split
 
 
 def test_published_counts_are_checked_unless_a_small_copy_is_declared(tmp_path: Path) -> None:

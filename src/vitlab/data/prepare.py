@@ -9,7 +9,6 @@ classes and the counts must be the published ones; a small copy passes the count
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vitlab.data.base import ImageDataModule
-from vitlab.data.corrupt import UNREADABLE
-from vitlab.data.prepare_folder import MANIFEST, Split, class_folders, collect, track, write_folder
+from vitlab.data.prepare_folder import SPLITS, Split, check_out, class_folders, clear, collect, decode, write_folder
 from vitlab.data.tiny_imagenet import TinyImageNetDataModule
 from vitlab.data.torchvision_sets import SPECS, TorchvisionDataModule
 from vitlab.data.vtab1k import VTAB1kDataModule
@@ -26,7 +24,6 @@ from vitlab.data.vtab_check import check_task
 from vitlab.data.vtab_tasks import EXPECTED_LINES, LIST_FILES, NUM_CLASSES, TASKS
 from vitlab.errors import ConfigError
 
-SPLITS = ("train", "val", "test")
 FORMATS = ("folder", "shards")
 SMALL = "a small or partial copy is prepared only with expect_counts=false"
 
@@ -83,11 +80,36 @@ def _options(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
             f"allowed: format ({' | '.join(FORMATS)}), overwrite, expect_counts and the data keys that select "
             f"samples: {', '.join(allowed)} (transforms, batch size and workers are chosen when training)."
         )
+    fraction, seed = given.get("val_fraction", 0.5), given.get("split_seed", 0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"prepare {name}: val_fraction={fraction!r} must be a number between 0 and 1 (exclusive).")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"prepare {name}: split_seed={seed!r} must be an integer.")
     return dict(given)
 
 
-def _tiny(raw: Path, options: dict[str, Any]) -> list[Source]:
-    module = TinyImageNetDataModule(str(raw), num_workers=0, pin_memory=False, **options)
+def data_config(name: str, raw: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """`data=<name>` as a training run composes it (transforms included: a packed set is trained with them),
+    with `root` the raw folder and the given split keys."""
+    from omegaconf import OmegaConf, open_dict
+
+    from vitlab.compose import compose_config
+
+    data = compose_config("train", [f"data={name}"]).data
+    with open_dict(data):
+        data.root = str(raw)
+        for key, value in options.items():
+            data[key] = value
+    return OmegaConf.to_container(data, resolve=True)  # type: ignore[return-value]
+
+
+def _params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of a data config."""
+    return {key: value for key, value in config.items() if key != "_target_"}
+
+
+def _tiny(raw: Path, config: dict[str, Any]) -> list[Source]:
+    module = TinyImageNetDataModule(**_params(config))
     annotations = raw / "val" / "val_annotations.txt"
     known = set(module.wnids)
     for number, line in enumerate(annotations.read_text().splitlines(), start=1):
@@ -98,8 +120,6 @@ def _tiny(raw: Path, options: dict[str, Any]) -> list[Source]:
                 f"{len(known)} classes of wnids.txt (labels 0..{len(known) - 1}); each line is "
                 "'<file>\\t<wnid>\\t<box>'. Re-extract tiny-imagenet-200.zip."
             )
-    config = {"_target_": "vitlab.data.tiny_imagenet.TinyImageNetDataModule", "root": str(raw)}
-    config |= {"val_fraction": module.val_fraction, "split_seed": module.split_seed}
     origins = {"train": f"{raw}/train", "val": f"{raw}/train (held out)", "test": str(annotations)}
     return [Source(module, config, origins, TINY_COUNTS, list(module.wnids))]
 
@@ -119,8 +139,7 @@ def _vtab_labels(task_dir: Path, task: str) -> None:
                 )
 
 
-def _vtab(raw: Path, options: dict[str, Any], expect_counts: bool) -> list[Source]:
-    task = options.pop("task", None)
+def _vtab(raw: Path, config: dict[str, Any], task: str | None, expect_counts: bool) -> list[Source]:
     tasks = [task] if task is not None else [t for t in TASKS if (raw / t).is_dir()]
     if not tasks:
         raise ConfigError(
@@ -131,25 +150,22 @@ def _vtab(raw: Path, options: dict[str, Any], expect_counts: bool) -> list[Sourc
     for name in tasks:
         if name in NUM_CLASSES:
             _vtab_labels(raw / name, name)
-        module = VTAB1kDataModule(str(raw), task=name, num_workers=0, pin_memory=False, **options)
+        task_config = {**config, "task": name}
+        module = VTAB1kDataModule(**_params(task_config))
         problems = check_task(raw, name, expected_counts=expect_counts).problems
         if problems:
             hint = f"; {SMALL}" if expect_counts else ""
             raise ConfigError(f"prepare vtab1k: task '{name}' under {raw} is not usable: {'; '.join(problems)}{hint}.")
         files = module.split_files()
-        config = {"_target_": "vitlab.data.vtab1k.VTAB1kDataModule", "root": str(raw), "task": name}
-        config |= {"protocol": module.protocol, "final_val": module.final_val}
         totals = {split: EXPECTED_LINES[f] for split, f in zip(SPLITS, files, strict=True) if f in EXPECTED_LINES}
         origins = {split: str(raw / name / f) for split, f in zip(SPLITS, files, strict=True)}
-        sources.append(Source(module, config, origins, Expected(NUM_CLASSES[name], totals)))
+        sources.append(Source(module, task_config, origins, Expected(NUM_CLASSES[name], totals)))
     return sources
 
 
-def _torchvision(name: str, raw: Path, options: dict[str, Any]) -> list[Source]:
-    module = TorchvisionDataModule(name, str(raw), download=False, num_workers=0, pin_memory=False, **options)
+def _torchvision(name: str, raw: Path, config: dict[str, Any]) -> list[Source]:
+    module = TorchvisionDataModule(**{**_params(config), "download": False})
     module.setup()
-    config = {"_target_": "vitlab.data.torchvision_sets.TorchvisionDataModule", "name": name, "root": str(raw)}
-    config |= {"val_fraction": module.val_fraction, "split_seed": module.split_seed}
     folder = str(raw / module.spec.folder)
     origins = {"train": folder, "val": folder + (" (held out)" if module.spec.val is None else ""), "test": folder}
     base = module.train_set
@@ -166,11 +182,13 @@ def sources(name: str, raw: Path, expect_counts: bool, data: Mapping[str, Any]) 
     if not raw.is_dir():
         raise ConfigError(f"prepare {name}: the raw folder {raw} does not exist (give the unpacked download).")
     options = _options(name, data)
+    task = options.pop("task", None)
+    config = data_config(name, raw, options)
     if name == "tiny_imagenet":
-        return _tiny(raw, options)
+        return _tiny(raw, config)
     if name == "vtab1k":
-        return _vtab(raw, options, expect_counts)
-    return _torchvision(name, raw, options)
+        return _vtab(raw, config, task, expect_counts)
+    return _torchvision(name, raw, config)
 
 
 def _check_counts(name: str, source: Source, splits: Mapping[str, Split]) -> None:
@@ -222,42 +240,6 @@ def _check(name: str, source: Source, splits: Mapping[str, Split], fmt: str, exp
         _check_counts(name, source, splits)
 
 
-def _decode(name: str, splits: Mapping[str, Split], progress: bool) -> dict[str, list[tuple[int, int]]]:
-    """Decode every image (refusing unreadable ones, all named at once); (width, height) per split."""
-    sizes: dict[str, list[tuple[int, int]]] = {split: [] for split in splits}
-    bad: list[str] = []
-    work = [(split, s) for split, data in splits.items() for s in data.samples]
-    for split, sample in track(work, len(work), f"checking {name}", progress):
-        try:
-            sizes[split].append(splits[split].image(sample).size)
-        except UNREADABLE as exc:
-            bad.append(f"{sample.path} ({type(exc).__name__})")
-    if bad:
-        shown = ", ".join(sorted(set(bad))[:10])
-        raise ConfigError(
-            f"prepare {name}: {len(bad)} images do not decode: {shown}{' ...' if len(set(bad)) > 10 else ''}. "
-            "Re-extract the download (or remove these files from it); nothing was written."
-        )
-    return sizes
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"prepare: the output {out} is a file; give a folder (new or empty).")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"prepare: the output folder {out} is not empty; nothing was written or deleted. Give a new or "
-            f"empty folder, or overwrite=true to replace its {', '.join(SPLITS)} folders and {MANIFEST}."
-        )
-
-
-def _clear(out: Path) -> None:
-    """overwrite=true: remove what a previous prepare wrote there (the split folders, the manifest)."""
-    for split in SPLITS:
-        shutil.rmtree(out / split, ignore_errors=True)
-    (out / MANIFEST).unlink(missing_ok=True)
-
-
 def prepare(
     name: str,
     raw: str | Path,
@@ -282,7 +264,7 @@ def prepare(
         if not isinstance(value, bool):
             raise ConfigError(f"prepare: {key}={value!r} must be true or false.")
     raw, out = Path(raw), Path(out)
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     found = sources(name, raw, expect_counts, data)
     plans = []
     for source in found:
@@ -290,7 +272,7 @@ def prepare(
         module = source.module
         splits = {"train": collect(module.train_set), "val": collect(module.val_set), "test": collect(module.test_set)}
         _check(name, source, splits, format, expect_counts)
-        plans.append((source, splits, _decode(name, splits, progress)))
+        plans.append((source, splits, decode(name, splits, progress)))
     per_task = name == "vtab1k" and "task" not in data
     manifests = {}
     for source, splits, sizes in plans:
@@ -299,7 +281,7 @@ def prepare(
             manifests[str(target)] = _pack(source, target, overwrite, progress)
             continue
         if overwrite:
-            _clear(target)
+            clear(target)
         classes = class_folders(source.names, source.module.num_classes)
         manifests[str(target)] = write_folder(target, splits, sizes, classes, source.config, progress)
     if per_task:
@@ -308,4 +290,7 @@ def prepare(
 
 
 def _pack(source: Source, out: Path, overwrite: bool, progress: bool) -> dict[str, Any]:
-    raise ConfigError("prepare: format=shards is not available yet; use format=folder.")
+    """format=shards: the checked module packed by `vitlab.data.shards.pack` (docs/data.md)."""
+    from vitlab.data.shards.pack import pack
+
+    return pack(source.module, str(out), source=source.config, overwrite=overwrite, progress=progress)

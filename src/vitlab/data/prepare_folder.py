@@ -1,5 +1,5 @@
-"""The samples of a set-up data module (files or array images) and the class-folder tree `prepare` writes
-from them, with its `manifest.json` (docs/data-prepare.md).
+"""The samples of a set-up data module (files or array images), their decoding check, and the class-folder
+tree `prepare` writes from them with its `manifest.json` (docs/data-prepare.md).
 
 A file is copied byte for byte; an image held in an array (CIFAR, SVHN, STL-10) is written as a lossless
 PNG. Class folders are named so that their sorted order is the source's label order (`class_folders`), so
@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import statistics
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 import vitlab
+from vitlab.data.corrupt import UNREADABLE
 from vitlab.data.fingerprint import unwrap
 from vitlab.data.torchvision_sets import labels_of
+from vitlab.errors import ConfigError
 
 T = TypeVar("T")
 MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
 FORMAT, VERSION = "vitlab-folder", 1
 
 
@@ -123,6 +127,44 @@ def _unique_name(folder_names: set[str], stem: str, suffix: str) -> str:
         name, n = f"{stem}_{n}{suffix}", n + 1
     folder_names.add(name)
     return name
+
+
+def decode(name: str, splits: Mapping[str, Split], progress: bool) -> dict[str, list[tuple[int, int]]]:
+    """Decode every image (refusing unreadable ones, all named at once); (width, height) per split."""
+    sizes: dict[str, list[tuple[int, int]]] = {split: [] for split in splits}
+    bad: list[str] = []
+    work = [(split, s) for split, data in splits.items() for s in data.samples]
+    for split, sample in track(work, len(work), f"checking {name}", progress):
+        try:
+            sizes[split].append(splits[split].image(sample).size)
+        except UNREADABLE as exc:
+            bad.append(f"{sample.path} ({type(exc).__name__})")
+    if bad:
+        shown = ", ".join(sorted(set(bad))[:10])
+        raise ConfigError(
+            f"prepare {name}: {len(bad)} images do not decode: {shown}{' ...' if len(set(bad)) > 10 else ''}. "
+            "Re-extract the download (or remove these files from it); nothing was written."
+        )
+    return sizes
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """A new or empty output folder, or `overwrite`; checked before anything is read or written."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"prepare: the output {out} is a file; give a folder (new or empty).")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"prepare: the output folder {out} is not empty; nothing was written or deleted. Give a new or "
+            f"empty folder, or overwrite=true to replace its {', '.join(SPLITS)} folders and {MANIFEST}."
+        )
+
+
+def clear(out: Path) -> None:
+    """overwrite=true, format=folder: remove what a previous prepare wrote (the split folders, the manifest),
+    so a stale class folder is not read as a class; other files stay."""
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+    (out / MANIFEST).unlink(missing_ok=True)
 
 
 def write_folder(
