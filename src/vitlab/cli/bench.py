@@ -8,6 +8,7 @@
     vitlab-bench compile                        # img/s of the default model with and without torch.compile
     vitlab-bench memory                         # peak training memory with/without checkpointing, FLOP/s, MFU
     vitlab-bench memory memory.device=cuda memory.precision=bf16-mixed
+    vitlab-bench data                           # training loader img/s per worker: vitlab vs timm vs packed shards
 
 Timings depend on the machine; they are reported with it (CPU model, threads, versions), never asserted in
 tests. Competitors are measured in interleaved rounds and compared by per-round ratios (vitlab.bench.rounds).
@@ -26,7 +27,7 @@ from vitlab.configs import CONFIG_PATH
 from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab")
-BENCHES = ("attention", "model", "transfer", "overhead", "compile", "memory")
+BENCHES = ("attention", "model", "transfer", "overhead", "compile", "memory", "data")
 
 
 def run_bench(cfg: DictConfig) -> None:
@@ -95,6 +96,12 @@ def run_bench(cfg: DictConfig) -> None:
         from vitlab.bench.memory import run as run_memory
 
         print(run_memory(OmegaConf.to_container(cfg.memory, resolve=True), out_dir).read_text())
+    elif cfg.bench == "data":
+        from omegaconf import OmegaConf
+
+        from vitlab.bench.data_loading import run as run_data
+
+        print(run_data(OmegaConf.to_container(cfg.data_loading, resolve=True), out_dir).read_text())
     else:
         raise ConfigError(f"bench={cfg.bench!r} is not a benchmark; allowed: {', '.join(BENCHES)}.")
 

@@ -20,14 +20,36 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         batch_size: the *global* batch size; each of the `world_size` processes loads `batch_size / world_size`.
         num_workers: DataLoader worker processes per training process.
         img_size: side length of the square images the model receives.
+        pin_memory: page-lock the batches for faster copies to a CUDA device; applied only when the trainer
+            trains on CUDA (elsewhere pinning does nothing useful and torch warns).
+        prefetch_factor: batches each worker prepares ahead (with `num_workers` > 0).
     """
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, img_size: int = 32, pin_memory: bool = False):
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        img_size: int = 32,
+        pin_memory: bool = False,
+        prefetch_factor: int = 2,
+    ):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be a positive integer.")
+        if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or prefetch_factor < 1:
+            raise ConfigError(
+                f"data.prefetch_factor={prefetch_factor!r}: the batches each loader worker prepares ahead must be a "
+                "positive integer (2 is torch's default and vitlab's; it applies when data.num_workers > 0)."
+            )
+        if num_workers == 0 and prefetch_factor != 2:  # a key that is set takes effect or is refused
+            raise ConfigError(
+                f"data.prefetch_factor={prefetch_factor} has no effect with data.num_workers=0 (the main process "
+                "loads each batch when it is needed); set data.num_workers to 1 or more, or leave prefetch_factor at 2."
+            )
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.img_size, self.pin_memory = img_size, pin_memory
+        self.img_size, self.pin_memory, self.prefetch_factor = img_size, pin_memory, prefetch_factor
+        # workers live across epochs: a new epoch does not pay their start-up again (docs/performance.md)
+        self.persistent_workers = True
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -68,17 +90,27 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         even batch) feeding a `ResumableLoader`, whose position is saved in checkpoints (docs/resume.md)."""
         assert dataset is not None, "setup() builds the datasets before any loader is made"
         batch = self.per_device_batch_size
-        kwargs: dict[str, Any] = dict(
-            batch_size=batch,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        kwargs: dict[str, Any] = dict(batch_size=batch, num_workers=self.num_workers, pin_memory=self._pin())
+        if self.num_workers > 0:  # torch refuses both without workers
+            kwargs |= dict(persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
         if not train:
             return DataLoader(dataset, shuffle=False, **kwargs)
         world, rank = self._world
         sampler = EpochSampler(dataset, batch, num_replicas=world, rank=rank, seed=self.seed)
         return ResumableLoader(SeededSamples(dataset), sampler=sampler, **kwargs)
+
+    def _pin(self) -> bool:
+        """`pin_memory` where it helps: the batches go to a CUDA device (the trainer's accelerator; outside a
+        trainer, whether CUDA is available). On the CPU pinning only costs a copy, and torch warns."""
+        if not self.pin_memory:
+            return False
+        if self.trainer is not None:
+            from pytorch_lightning.accelerators import CUDAAccelerator
+
+            return isinstance(self.trainer.accelerator, CUDAAccelerator)
+        import torch
+
+        return torch.cuda.is_available()
 
     def train_batches_per_epoch(self) -> int:
         """Training batches per epoch and process (what the training loader yields), without building it."""

@@ -100,6 +100,7 @@ class DigitsDataModule(ImageDataModule):
         num_workers: int = 0,
         img_size: int = 32,
         pin_memory: bool = False,
+        prefetch_factor: int = 2,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
@@ -107,7 +108,7 @@ class DigitsDataModule(ImageDataModule):
         classes: list[int] | None = None,
         train_per_class: int | None = None,
     ):
-        super().__init__(batch_size, num_workers, img_size, pin_memory)
+        super().__init__(batch_size, num_workers, img_size, pin_memory, prefetch_factor)
         if min(val_fraction, test_fraction) <= 0 or val_fraction + test_fraction >= 1:
             raise ConfigError(
                 f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be positive and "

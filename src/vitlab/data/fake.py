@@ -26,13 +26,14 @@ class FakeDataModule(ImageDataModule):
         num_workers: int = 0,
         img_size: int = 32,
         pin_memory: bool = False,
+        prefetch_factor: int = 2,
         num_classes: int = 10,
         train_size: int = 64,
         val_size: int = 32,
         test_size: int = 32,
         augment: Mapping[str, Any] | str = "none",
     ):
-        super().__init__(batch_size, num_workers, img_size, pin_memory)
+        super().__init__(batch_size, num_workers, img_size, pin_memory, prefetch_factor)
         self._num_classes = num_classes
         self.sizes = (train_size, val_size, test_size)
         self.augment = augment

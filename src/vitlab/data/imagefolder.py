@@ -32,6 +32,7 @@ class ImageFolderDataModule(ImageDataModule):
         num_workers: int = 4,
         img_size: int = 224,
         pin_memory: bool = True,
+        prefetch_factor: int = 2,
         val_fraction: float = 0.1,
         split_seed: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -40,7 +41,7 @@ class ImageFolderDataModule(ImageDataModule):
         crop_pct: float = 1.0,
         skip_corrupt: bool = False,
     ):
-        super().__init__(batch_size, num_workers, img_size, pin_memory)
+        super().__init__(batch_size, num_workers, img_size, pin_memory, prefetch_factor)
         self.root = Path(root)
         for split in ("train", "test"):
             if not (self.root / split).is_dir():

@@ -50,6 +50,7 @@ class TinyImageNetDataModule(ImageDataModule):
         num_workers: int = 4,
         img_size: int = 64,
         pin_memory: bool = True,
+        prefetch_factor: int = 2,
         val_fraction: float = 0.1,
         split_seed: int = 0,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
@@ -57,7 +58,7 @@ class TinyImageNetDataModule(ImageDataModule):
         augment: Mapping[str, Any] | str | None = None,
         crop_pct: float = 1.0,
     ) -> None:
-        super().__init__(batch_size, num_workers, img_size, pin_memory)
+        super().__init__(batch_size, num_workers, img_size, pin_memory, prefetch_factor)
         self.root = Path(root)
         missing = [
             p for p in ("wnids.txt", "train", "val/images", "val/val_annotations.txt") if not (self.root / p).exists()

@@ -111,6 +111,7 @@ class TorchvisionDataModule(ImageDataModule):
         num_workers: int = 4,
         img_size: int = 32,
         pin_memory: bool = True,
+        prefetch_factor: int = 2,
         val_fraction: float = 0.1,
         split_seed: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -118,7 +119,7 @@ class TorchvisionDataModule(ImageDataModule):
         augment: Mapping[str, Any] | None = None,
         crop_pct: float = 1.0,
     ):
-        super().__init__(batch_size, num_workers, img_size, pin_memory)
+        super().__init__(batch_size, num_workers, img_size, pin_memory, prefetch_factor)
         if name not in SPECS:
             raise ConfigError(f"data.name={name!r} is not a data set vitlab knows; allowed: {sorted(SPECS)}.")
         self.name, self.spec, self.root, self.download = name, SPECS[name], Path(root), download

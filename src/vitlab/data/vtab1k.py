@@ -116,13 +116,14 @@ class VTAB1kDataModule(ImageDataModule):
         num_workers: int = 4,
         img_size: int = 224,
         pin_memory: bool = True,
+        prefetch_factor: int = 2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         normalize: str | None = None,
         augment: Mapping[str, Any] | str | None = "none",
         final_val: str = "test",
     ) -> None:
-        super().__init__(batch_size, num_workers, img_size, pin_memory)
+        super().__init__(batch_size, num_workers, img_size, pin_memory, prefetch_factor)
         if task not in TASKS:
             raise ConfigError(
                 f"data.task={task!r} is not a VTAB-1k task; allowed (the folder names of the standard processed "

@@ -37,6 +37,7 @@ NOT_EXPERIMENT = (
     "overwrite",  # what happens to a directory's old contents
     "data.num_workers",
     "data.pin_memory",
+    "data.prefetch_factor",
     "callbacks.last_checkpoint",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
