@@ -104,7 +104,8 @@ class _SplitWriter:
     def add(self, number: int, sample: Sample) -> None:
         data, ext, label, size = sample
         if self.writer is None:
-            self.writer = self.wds.TarWriter(str(self.out / shard_name(self.split, len(self.shards))))
+            # a fixed member time: the same samples pack into the same bytes, so the same set hash
+            self.writer = self.wds.TarWriter(str(self.out / shard_name(self.split, len(self.shards))), mtime=0.0)
         key = f"{number:09d}"
         self.writer.write({"__key__": key, ext: data, "cls": str(label).encode()})
         self.keys.append((key, ext, label))
