@@ -92,7 +92,9 @@ def test_every_vtab_task_found_is_prepared_into_its_own_folder(tmp_path: Path, c
     fake_layouts.vtab_task(tmp_path / "vtab" / "dtd")
     fake_layouts.vtab_task(tmp_path / "vtab" / "kitti", classes=4)
     assert prepare_command(["vtab1k", str(tmp_path / "vtab"), str(tmp_path / "out"), "protocol=final", *SMALL]) == 0
-    assert f"{tmp_path / 'out' / 'kitti'}: 4 classes; train 12, val 8, test 8 images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'out' / 'kitti'}: 4 classes; train 12, val 8, test 8 images" in out
+    assert f"train on it: vitlab-train data=imagefolder data.root={tmp_path / 'out' / 'kitti'}\n" in out
     for task in ("dtd", "kitti"):
         prepared = assert_train_ready("vtab1k", tmp_path / "vtab", tmp_path / "out" / task, task=task, protocol="final")
         assert prepared.classes[:3] == ["0", "1", "2"]
@@ -102,7 +104,8 @@ def test_every_vtab_task_found_is_prepared_into_its_own_folder(tmp_path: Path, c
 
 def test_cifar10_arrays_are_written_as_lossless_pngs(tmp_path: Path, no_md5) -> None:
     test_images = cifar10(tmp_path / "raw")
-    manifest = prepare("cifar10", tmp_path / "raw", tmp_path / "out", expect_counts=False, val_fraction=0.2)
+    kwargs = {"expect_counts": False, "val_fraction": 0.2, "progress": True}  # the bar goes to stderr
+    manifest = prepare("cifar10", tmp_path / "raw", tmp_path / "out", **kwargs)
     prepared = assert_train_ready("cifar10", tmp_path / "raw", tmp_path / "out", val_fraction=0.2)
     assert prepared.classes == CIFAR_NAMES  # already in label order: the names are kept
     assert manifest["splits"]["test"]["per_class"] == dict.fromkeys(CIFAR_NAMES, 2)
@@ -117,6 +120,7 @@ def test_shards_hold_the_checked_splits_and_the_source_config(tmp_path: Path, ca
     fake_layouts.vtab_task(tmp_path / "vtab" / "dtd")
     argv = ["vtab1k", str(tmp_path / "vtab"), str(tmp_path / "out"), "task=dtd", "format=shards", *SMALL]
     assert prepare_command(argv) == 0
+    assert f"train on it: vitlab-train data=shards data.root={tmp_path / 'out'}" in capsys.readouterr().out
     packed = ShardsDataModule(str(tmp_path / "out"), num_workers=0, img_size=16)
     (source,) = sources("vtab1k", tmp_path / "vtab", False, {"task": "dtd"})
     source.module.setup()

@@ -71,6 +71,8 @@ def prepare_command(argv: list[str]) -> int:
     for where, manifest in manifests.items():
         sizes = ", ".join(f"{split} {info['samples']}" for split, info in manifest["splits"].items())
         print(f"{where}: {len(manifest['classes'])} classes; {sizes} images; sha256 {manifest['sha256'][:16]}")
+        data = "imagefolder" if manifest.get("kind") == "folder" else "shards"
+        print(f"  train on it: vitlab-train data={data} data.root={where}")
     return 0
 
 

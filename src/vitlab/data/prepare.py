@@ -290,7 +290,7 @@ def prepare(
 
 
 def _pack(source: Source, out: Path, overwrite: bool, progress: bool) -> dict[str, Any]:
-    """format=shards: the checked module packed by `vitlab.data.shards.pack` (docs/data.md)."""
+    """format=shards: the checked module packed by `vitlab.data.shards.pack`."""
     from vitlab.data.shards.pack import pack
 
     return pack(source.module, str(out), source=source.config, overwrite=overwrite, progress=progress)
