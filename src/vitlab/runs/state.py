@@ -38,6 +38,8 @@ NOT_EXPERIMENT = (
     "data.num_workers",
     "data.pin_memory",
     "data.prefetch_factor",
+    "data.verify",  # packed sets: how often shard checksums are computed, not which data are read
+    "data.cache_dir",  # packed sets at a URL: where their shards are copied
     "callbacks.last_checkpoint",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",

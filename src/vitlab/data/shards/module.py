@@ -46,12 +46,13 @@ class ShardsDataModule(ImageDataModule):
         batch_size: int = 64,
         num_workers: int = 4,
         img_size: int = 32,
-        pin_memory: bool = False,
+        pin_memory: bool = True,
+        prefetch_factor: int = 2,
         source: Mapping[str, Any] | None = None,
         verify: str = "auto",
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, img_size, pin_memory)
+        super().__init__(batch_size, num_workers, img_size, pin_memory, prefetch_factor)
         if verify not in VERIFY:
             raise ConfigError(f"data.verify={verify!r} is not allowed; allowed: {list(VERIFY)}.")
         unknown = sorted(set(source or {}) - set(OVERRIDABLE))
