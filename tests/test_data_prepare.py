@@ -224,3 +224,11 @@ def test_bad_arguments_are_refused_naming_the_key(tmp_path: Path, capsys, argv: 
     argv = [str(tmp_path / a) if a in ("raw", "out") else a for a in argv]
     assert prepare_command(argv) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_every_torchvision_set_has_its_published_counts() -> None:
+    from vitlab.data.prepare import TORCHVISION_COUNTS
+    from vitlab.data.torchvision_sets import SPECS
+
+    assert set(TORCHVISION_COUNTS) == set(SPECS)  # a new set gets its counts checked too, never skipped
+    assert all(TORCHVISION_COUNTS[name].classes == spec.num_classes for name, spec in SPECS.items())
