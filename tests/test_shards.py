@@ -249,3 +249,35 @@ def test_the_console_script_exits_2_with_one_paragraph(tmp_path: Path) -> None:
         [sys.executable, "-m", "vitlab.cli.data", "check", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
     )
     assert run.returncode == 2 and "no manifest.json there" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.slow  # trains in-process (a few seconds)
+def test_a_run_on_shards_records_the_manifest_hash_and_refuses_a_resume_on_a_repacked_set(
+    tmp_path: Path, capsys
+) -> None:
+    from omegaconf import open_dict
+
+    import vitlab.cli.resolvers  # noqa: F401  (configs/data/shards.yaml's ${vitlab.packed:...})
+    from conftest import TINY
+    from test_data_fingerprint import _train_in_process
+    from vitlab.cli import train as train_cli
+    from vitlab.compose import compose_config
+
+    packed, source = tmp_path / "packed", source_of(["data=fake"])
+    manifest = pack(FakeDataModule(train_size=8, val_size=4, test_size=4, num_classes=2), str(packed), source=source)
+    args = [*TINY, "data=shards", f"data.root={packed}", "data.img_size=16", "data.batch_size=4"]
+    args += ["data.num_workers=0", "+trainer.limit_train_batches=1", "test=false"]
+    run = tmp_path / "run"
+    record = _train_in_process(run, args)
+    assert record["status"] == "ok" and record["data/sha256"] == manifest["sha256"] and record["data/samples"] == 16
+
+    results = (run / "results.json").read_text().replace('"status": "ok"', '"status": "interrupted"')
+    (run / "results.json").write_text(results)
+    module = FakeDataModule(train_size=12, val_size=4, test_size=4, num_classes=2)
+    pack(module, str(packed), source=source, overwrite=True, progress=False)  # another set at the same place
+    cfg = compose_config("train", args)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.train_job(cfg, [])
+    assert exit_info.value.code == 2 and f"trained on data with sha256 {manifest['sha256']}" in capsys.readouterr().err
