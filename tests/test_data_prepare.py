@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def refused(capsys, *argv: str) -> str:
     """Run the command expecting a refusal: exit 2, one paragraph on stderr, nothing written; its text."""
     assert prepare_command(list(argv)) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: prepare") and err.count("\n") == 1, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
 
 
@@ -232,3 +233,9 @@ def test_every_torchvision_set_has_its_published_counts() -> None:
 
     assert set(TORCHVISION_COUNTS) == set(SPECS)  # a new set gets its counts checked too, never skipped
     assert all(TORCHVISION_COUNTS[name].classes == spec.num_classes for name, spec in SPECS.items())
+
+
+def test_shards_without_the_data_extra_are_refused_before_any_checking(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "webdataset", None)  # as if `pip install vitlab[data]` had not been run
+    err = refused(capsys, "tiny_imagenet", str(tmp_path / "missing"), str(tmp_path / "out"), "format=shards")
+    assert "vitlab[data]" in err and "missing" not in err  # refused before the raw folder is even looked at

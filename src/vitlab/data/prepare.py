@@ -23,6 +23,7 @@ from vitlab.data.vtab1k import VTAB1kDataModule
 from vitlab.data.vtab_check import check_task
 from vitlab.data.vtab_tasks import EXPECTED_LINES, LIST_FILES, NUM_CLASSES, TASKS
 from vitlab.errors import ConfigError
+from vitlab.extras import require
 
 FORMATS = ("folder", "shards")
 SMALL = "a small or partial copy is prepared only with expect_counts=false"
@@ -263,6 +264,8 @@ def prepare(
     for key, value in (("overwrite", overwrite), ("expect_counts", expect_counts)):
         if not isinstance(value, bool):
             raise ConfigError(f"prepare: {key}={value!r} must be true or false.")
+    if format == "shards":
+        require("data", "vitlab-data prepare format=shards")  # before minutes of checking, not after
     raw, out = Path(raw), Path(out)
     check_out(out, overwrite)
     found = sources(name, raw, expect_counts, data)
