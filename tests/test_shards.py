@@ -281,3 +281,26 @@ def test_a_run_on_shards_records_the_manifest_hash_and_refuses_a_resume_on_a_rep
     with pytest.raises(SystemExit) as exit_info:
         train_cli.train_job(cfg, [])
     assert exit_info.value.code == 2 and f"trained on data with sha256 {manifest['sha256']}" in capsys.readouterr().err
+
+
+def test_torchvision_file_sets_are_packed_with_their_original_bytes(tmp_path: Path) -> None:
+    """Flowers-102 and DTD list their files as `_image_files`, Oxford Pets as `_images`, labels as `_labels`."""
+    from PIL import Image
+    from torch.utils.data import Dataset, Subset
+
+    from vitlab.data.shards.encode import split_samples
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.new("RGB", (5 + i, 4), (i * 40, 0, 0)).save(paths[-1], quality=90)
+
+    class Pets(Dataset):
+        def __init__(self) -> None:
+            self._images, self._labels = paths, [2, 0, 1]
+
+    packed = list(split_samples(Subset(Pets(), [2, 0])))
+    assert [(data, ext, label, size) for data, ext, label, size in packed] == [
+        (paths[2].read_bytes(), "jpg", 1, (7, 4)),
+        (paths[0].read_bytes(), "jpg", 2, (5, 4)),
+    ]

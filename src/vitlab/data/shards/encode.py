@@ -1,6 +1,6 @@
 """The samples of a data module's splits as (encoded bytes, extension, label, (width, height)), in read order.
 
-Files (class folders, Tiny ImageNet, VTAB-1k, the file-based torchvision sets) keep their original bytes.
+Files (class folders, Tiny ImageNet, VTAB-1k, Flowers-102, DTD, Oxford Pets) keep their original bytes.
 Sets held as arrays (CIFAR, SVHN, STL-10, generated fake images) have no encoded original: their images are
 written as lossless PNG. Digits are written at their native 8x8 with the raw 0..16 stroke values as a
 grayscale PNG, so a packed digits run reads exactly the numbers the in-memory run starts from.
@@ -34,9 +34,21 @@ def header_size(data: bytes) -> tuple[int, int]:
         return image.size
 
 
-def _file_samples(base: Any, indices: list[int]) -> Iterator[Sample]:
+def _image_files(base: Any) -> list[tuple[Any, int]] | None:
+    """(path, label) per sample of a set read from image files: `samples` (ImageFolder, vitlab's file lists),
+    or torchvision's file lists (Flowers-102, DTD: `_image_files`; Oxford Pets: `_images`) with `_labels`."""
+    if isinstance(getattr(base, "samples", None), list):
+        return base.samples
+    for attr in ("_image_files", "_images"):
+        files, labels = getattr(base, attr, None), getattr(base, "_labels", None)
+        if isinstance(files, list) and isinstance(labels, list) and len(files) == len(labels):
+            return list(zip(files, labels, strict=True))
+    return None
+
+
+def _file_samples(samples: list[tuple[Any, int]], indices: list[int]) -> Iterator[Sample]:
     for i in indices:
-        path, label = base.samples[i]
+        path, label = samples[i]
         data = Path(path).read_bytes()
         ext = Path(path).suffix.lower().lstrip(".") or "img"
         yield data, ext, int(label), header_size(data)
@@ -66,7 +78,8 @@ def digit_samples(images: np.ndarray, labels: np.ndarray) -> Iterator[Sample]:
 def split_samples(dataset: Dataset) -> Iterator[Sample]:
     """Every sample of one split, in the order the split reads it."""
     base, indices = unwrap(dataset)
-    if isinstance(getattr(base, "samples", None), list):
-        yield from _file_samples(base, indices)
+    files = _image_files(base)
+    if files is not None:
+        yield from _file_samples(files, indices)
     else:
         yield from _array_samples(base, indices)
