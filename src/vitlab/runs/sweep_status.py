@@ -105,7 +105,8 @@ class SweepStatus:
     def differing(self) -> dict[str, str]:
         """Per job, the overrides whose value is not the same in every job, abbreviated (`lr=0.003 seed=1`)."""
         maps = [dict((override_key(o), o) for o in j.overrides) for j in self.jobs]
-        keys = sorted({k for m in maps for k in m if len({x.get(k) for x in maps}) > 1})
+        known = [m for m, j in zip(maps, self.jobs, strict=True) if j.state != "pending"]  # pending: none known
+        keys = sorted({k for m in known for k in m if len({x.get(k) for x in known}) > 1})
         short = _short_keys(keys)
         return {
             j.name: " ".join(_abbreviated(short[k], m[k]) for k in keys if k in m)
