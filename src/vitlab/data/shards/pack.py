@@ -104,13 +104,14 @@ class _SplitWriter:
     def add(self, number: int, sample: Sample) -> None:
         data, ext, label, size = sample
         if self.writer is None:
-            # a fixed member time: the same samples pack into the same bytes, so the same set hash
-            self.writer = self.wds.TarWriter(str(self.out / shard_name(self.split, len(self.shards))), mtime=0.0)
+            # a fixed whole-second member time: the same samples pack into the same bytes (the same set hash); a
+            # float time would add a 1 KiB pax header before every member
+            self.writer = self.wds.TarWriter(str(self.out / shard_name(self.split, len(self.shards))), mtime=0)
         key = f"{number:09d}"
         self.writer.write({"__key__": key, ext: data, "cls": str(label).encode()})
         self.keys.append((key, ext, label))
         self.sizes.append(size)
-        self.written += len(data) + 1536  # two members' headers and padding, roughly
+        self.written += len(data) + 1536  # two members: headers and padding, at most
         if self.written >= self.shard_bytes:
             self.close_shard()
 
