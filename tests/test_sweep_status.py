@@ -136,6 +136,10 @@ def test_a_job_on_another_host_is_running_while_its_files_are_written(tmp_path: 
     later = time.time() + 2 * 3600
     assert states(read_sweep(tmp_path, now=later))["0"] == "stale"
     assert states(read_sweep(tmp_path, now=later, stale_after=3 * 3600))["0"] == "running"
+    # a requeued job's new attempt, beside the interrupted result of the attempt before it
+    make_job(tmp_path / "1", ["seed=1"], "interrupted", [attempt("interrupted"), attempt(host="node-17")], [0.3])
+    assert states(read_sweep(tmp_path))["1"] == "running"
+    assert states(read_sweep(tmp_path, now=later))["1"] == "stale"  # its process died without an end
 
 
 def test_retries_count_restarts_after_a_crash_and_results_retries_wins(tmp_path: Path) -> None:
@@ -188,8 +192,8 @@ def test_best_prints_the_best_finished_jobs_command_line(tmp_path: Path, capsys:
     common = ["hparams_search=optuna", "+model.note=two words", "paths.log_dir=/abs/outputs"]
     make_job(tmp_path / "0", [*common, "optim.lr=0.001"], "ok", [attempt("ok")], [0.5, 0.7], extra={"val/acc": 0.7})
     make_job(tmp_path / "1", [*common, "optim.lr=0.003"], "ok", [attempt("ok")], [0.9], extra={"val/acc": 0.9})
-    make_job(tmp_path / "2", [*common, "optim.lr=0.01"], "failed", [attempt("failed")], [0.95])  # not finished ok
-    make_job(tmp_path / "3", [*common, "optim.lr=0.03"], "pruned", [attempt("pruned")], [0.99])
+    make_job(tmp_path / "2", [*common, "optim.lr=0.01"], "failed", [attempt("failed")], [0.95], extra={"val/acc": 0.95})
+    make_job(tmp_path / "3", [*common, "optim.lr=0.03"], "pruned", [attempt("pruned")], [0.99], extra={"val/acc": 0.99})
     for mode, lr in (("max", "0.003"), ("min", "0.001")):
         with pytest.raises(SystemExit) as exit_:
             main(["best", str(tmp_path), "--mode", mode])
