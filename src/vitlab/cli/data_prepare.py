@@ -1,5 +1,5 @@
 """`vitlab-data prepare <name> <raw dir> <out> [key=value ...]`: check a downloaded data set in its raw layout
-and write it as class folders or shards with a manifest (vitlab.data.prepare; docs/data-prepare.md)."""
+and write it as class folders or shards with a manifest (vitlab.data.prepare; docs/data.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`prepare`: a data set downloaded in its raw layout (Tiny-ImageNet, VTAB-1k, a torchvision set), checked and
-written out as class folders or shards with a manifest (`vitlab-data prepare`; docs/data-prepare.md).
+written out as class folders or shards with a manifest (`vitlab-data prepare`; docs/data.md).
 
 The data module that trains on a raw layout reads it here too, so the copy has its splits and labels. Before
 anything is written every image is decoded, every split must hold images, every label must be one of the
@@ -39,7 +39,7 @@ class Expected:
     per_class: Mapping[str, int] = field(default_factory=dict)
 
 
-# split sizes as the configs/data/<name>.yaml headers and docs/data-prepare.md give them
+# split sizes as the configs/data/<name>.yaml headers and docs/data.md give them
 TORCHVISION_COUNTS: dict[str, Expected] = {
     "cifar10": Expected(10, {"train+val": 50000, "test": 10000}, {"train+val": 5000, "test": 1000}),
     "cifar100": Expected(100, {"train+val": 50000, "test": 10000}, {"train+val": 500, "test": 100}),

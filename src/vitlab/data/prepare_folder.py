@@ -1,5 +1,5 @@
 """The samples of a set-up data module (files or array images), their decoding check, and the class-folder
-tree `prepare` writes from them with its `manifest.json` (docs/data-prepare.md).
+tree `prepare` writes from them with its `manifest.json` (docs/data.md).
 
 A file is copied byte for byte; an image held in an array (CIFAR, SVHN, STL-10) is written as a lossless
 PNG. Class folders are named so that their sorted order is the source's label order (`class_folders`), so
