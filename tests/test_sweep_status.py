@@ -1,4 +1,4 @@
-"""`vitlab-sweep status` and `best` (docs/runs.md, "Watching a sweep"): job states read from run directories.
+"""`vitlab-sweep status` and `best` (docs/runs.md#watching-a-sweep): job states read from run directories.
 
 The directories are written by hand in the formats `vitlab.cli.runner` (results.json), `vitlab.runs.state`
 (run.json, `.lock`) and Hydra (`.hydra/overrides.yaml`, `multirun.yaml`) write; one slow test reads a real

@@ -1,5 +1,6 @@
-"""`vitlab-sweep`: where every job of a sweep stands, and the command line of its best one (docs/runs.md,
-"Watching a sweep").
+"""`vitlab-sweep`: where every job of a sweep stands, and the command line of its best one.
+
+docs/runs.md#watching-a-sweep says what each column and state means.
 
     vitlab-sweep status outputs/multiruns/2026-12-04/18-30-00          # one table, then a summary line
     vitlab-sweep status outputs/reproduce/vix/mini_digits/mini --watch 30   # refresh until nothing runs or waits

@@ -1,11 +1,11 @@
-"""Where every job of a sweep stands, read from its directories alone (`vitlab-sweep status`, docs/runs.md).
+"""Where every job of a sweep stands, read from its run directories alone (docs/runs.md#watching-a-sweep).
 
 A sweep is a folder of run directories: a Hydra multirun (`<sweep dir>/<job num>/`), an Optuna search (the
 same layout) or a `vitlab-reproduce` table (`<row>/<data set>/seed<k>/`). A run directory is any folder holding
 `results.json`, `run.json` or `.hydra/overrides.yaml`; nothing else is read, so a folder copied to another
 machine gives the same table, and every name is relative to the folder given.
 
-A job's state, in this order (docs/runs.md, "Watching a sweep"):
+A job's state, in this order (docs/runs.md#watching-a-sweep):
 
 * an attempt in `run.json` without an end that is alive -> `running`. Alive means: on the host that started it,
   its run directory's `.lock` is held (the lock every attempt holds, `vitlab.runs.state.RunLock`; the kernel
