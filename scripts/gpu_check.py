@@ -115,6 +115,15 @@ def checks() -> list[Check]:
     # the fine-tuning recipe's three memory and speed settings together, on ViT-B/16 at 224 px
     vit_base = ["model/backbone=vit_base", "~model/stem", "data=fake", "data.img_size=224", "data.batch_size=64"]
     finetune = ["optim.layer_decay=0.65", "model.grad_checkpointing=true", "optim.fused=true"]
+    # a packed set (vitlab-data pack) read by 4 loader workers into pinned memory, bf16-mixed
+    packed = f"{OUT}/shards/packed"
+    two_epochs = ["trainer.max_epochs=2", f"paths.log_dir={OUT}/shards"]
+    shards = " && ".join(
+        [
+            shlex.join([*cli("data"), "pack", "data=digits", f"out={packed}", "overwrite=true"]),
+            shlex.join([*train, *GPU, *QUIET, "data=shards", f"data.root={packed}", "data.num_workers=4", *two_epochs]),
+        ]
+    )
     return [
         Check("fit_bf16", "default fit, trainer=gpu, bf16-mixed", [*train, *GPU, *QUIET], 150, run_results(1)),
         Check(
@@ -234,6 +243,14 @@ def checks() -> list[Check]:
             train=False,
         ),
         Check("eit_presets", "EIT presets' training img/s at 224 px", ["bash", "-c", presets], 300, _eit_figure, False),
+        Check(
+            "shards",
+            "vitlab-data pack digits, train from shards: 4 workers, pinned, bf16",
+            ["bash", "-c", shards],
+            200,
+            run_results(1),
+            False,
+        ),
         Check(
             "bare_loop",
             "per-step throughput, vitlab vs a bare PyTorch loop, vit_small at 224 px",
