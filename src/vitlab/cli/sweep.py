@@ -154,6 +154,8 @@ def run(argv: Sequence[str]) -> int:
 
     with Live(console=out, auto_refresh=False) as live:
         watch(lambda: read(args), lambda status: live.update(render(status), refresh=True), args.watch)
+    if not out.is_terminal:  # a pipe gets the last table only, which Live leaves without its line end
+        out.line()
     return 0
 
 
