@@ -7,7 +7,6 @@ composes. The Optuna search runs two trials on a tiny model, then resumes the sa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -78,36 +77,87 @@ def test_sweep_parses_and_its_command_is_valid_vitlab_train_overrides(path: Path
 SHORT = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=1"]
 
 
-def optuna_args(log_dir: Path, trials: int) -> list[str]:
+def optuna_args(log_dir: Path, trials: int, *extra: str) -> list[str]:
     return [
         "hparams_search=optuna",
         f"hydra.sweeper.n_trials={trials}",
         "hydra.sweeper.study_name=test_study",
         *TINY,
         *SHORT,
+        *extra,
         f"paths.log_dir={log_dir}",
     ]
 
 
-def test_optuna_study_of_two_trials_runs_and_resumes(tmp_path) -> None:
+def load_study(storage: str) -> Any:
+    """The study as another worker would open it (vitlab's sweeper: a journal file by default, a URL by option)."""
     import optuna
 
+    from vitlab.training.optuna_pruning import open_storage
+
+    return optuna.load_study(study_name="test_study", storage=open_storage(storage))
+
+
+def test_optuna_study_of_two_trials_runs_and_continues_in_its_journal_file(tmp_path) -> None:
     run = run_cli("train", optuna_args(tmp_path, 2), tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    storage = f"sqlite:///{tmp_path}/optuna/test_study.db"
-    study = optuna.load_study(study_name="test_study", storage=storage)
+    journal = tmp_path / "optuna" / "test_study.journal"  # the default storage: no database server
+    assert journal.is_file() and not list(tmp_path.rglob("*.db"))
+    study = load_study(str(journal))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     results = run.results()
     assert len(results) == 2
     # the objective is val/acc of each trial's own results.json, never test/acc
     assert sorted(t.value for t in study.trials) == pytest.approx(sorted(r["val/acc"] for r in results))
-    lrs = {r["overrides"][0] for r in results if r["overrides"][0].startswith("optim.lr=")}
+    lrs = {o for r in results for o in r["overrides"] if o.startswith("optim.lr=")}
     assert len(lrs) == 2, [r["overrides"] for r in results]  # the sampler chose two learning rates
+    assert {t.params["optim.lr"] for t in study.trials} == {float(o.split("=")[1]) for o in lrs}
+    assert all(not any("VITLAB_OPTUNA" in o for o in r["overrides"]) for r in results)  # the trial's id is no override
 
     run = run_cli("train", optuna_args(tmp_path, 1), tmp_path)  # the same command again: one more trial
     assert run.returncode == 0, run.stderr[-3000:]
-    study = optuna.load_study(study_name="test_study", storage=storage)
+    study = load_study(str(journal))
     assert len(study.trials) == 3 and study.trials[2].number == 2
-    assert "Using an existing study" in run.stderr + run.stdout
-    best = json.loads(json.dumps(study.best_params))
-    assert set(best) == {"optim.lr", "optim.weight_decay", "module.label_smoothing"}
+    assert "(2 trials so far)" in run.stderr + run.stdout
+    assert set(study.best_params) == {"optim.lr", "optim.weight_decay", "module.label_smoothing"}
+    best = (next(tmp_path.glob("multiruns/*/*/optimization_results.yaml"))).read_text()
+    assert "best_params" in best
+
+
+def test_optuna_study_in_sqlite_by_option(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path}/studies/test.db"  # its folder does not exist yet: the sweeper makes it
+    run = run_cli("train", optuna_args(tmp_path, 1, f"hydra.sweeper.storage={storage}"), tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [t.state.name for t in load_study(storage).trials] == ["COMPLETE"]
+    assert not list(tmp_path.rglob("*.journal"))
+
+
+def test_a_trial_the_median_pruner_stops_is_pruned_not_failed(tmp_path) -> None:
+    """The random sampler (seed 6) draws lr 0.01 twice (the same run twice: the same val/acc, never below the
+    median), then 1e-9 (a run that learns nothing: by epoch 2 of 4 its val/acc is below the others'). The median
+    pruner (after 1 finished trial, from epoch 0) stops that trial before its last epoch: PRUNED in the study,
+    "status": "pruned" in its results.json, and the search's exit status 0 (a pruned trial is not a failure)."""
+    extra = [
+        "trainer.max_epochs=4",
+        "hydra.sweeper.params.optim.lr=choice(0.01, 1e-9)",  # the only parameter: the rest of the space fixed
+        "hydra.sweeper.params.optim.weight_decay=0.01",
+        "hydra.sweeper.params.module.label_smoothing=0.0",
+        "hydra.sweeper.sampler.name=random",
+        "hydra.sweeper.sampler.seed=6",
+        "hydra.sweeper.pruner.name=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.pruner.n_warmup_steps=0",
+    ]
+    args = [a for a in optuna_args(tmp_path, 3, *extra) if a != "trainer.max_epochs=1"]
+    run = run_cli("train", args, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    study = load_study(str(tmp_path / "optuna" / "test_study.journal"))
+    drawn = [(t.params["optim.lr"], t.state.name) for t in study.trials]
+    assert [lr for lr, _ in drawn] == [0.01, 0.01, 1e-9], f"{drawn}: the sampler drew other values than expected"
+    assert [state for _, state in drawn] == ["COMPLETE", "COMPLETE", "PRUNED"], drawn
+    assert study.trials[0].intermediate_values.keys() == {0, 1, 2, 3}  # val/acc of every epoch reported
+    assert max(study.trials[2].intermediate_values) < 3  # stopped before its last epoch
+    results = run.results()
+    (pruned,) = [r for r in results if "optim.lr=1e-09" in r["overrides"]]
+    assert pruned["status"] == "pruned" and "pruner" in pruned["error"] and pruned.get("test/acc") is None
+    assert sorted(r["status"] for r in results) == ["ok", "ok", "pruned"]

@@ -15,7 +15,7 @@ from vitlab.errors import ConfigError
 
 # extra -> (import name of its main package, what needs it); keep in step with pyproject's optional-dependencies
 EXTRAS: dict[str, tuple[str, str]] = {
-    "sweep": ("hydra_plugins.hydra_optuna_sweeper", "hparams_search=optuna (Hydra's Optuna sweeper)"),
+    "sweep": ("optuna", "hparams_search=optuna (vitlab's Optuna sweeper, hydra/sweeper=vitlab_optuna)"),
     "peft": ("peft", "model/peft=lora and lora_qv (Hugging Face PEFT)"),
     "ode": ("torchdiffeq", "adaptive solvers of the memory-ODE head (model.head.solver=dopri5, ...)"),
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra/launcher=submitit_slurm|submitit_local"),
@@ -23,6 +23,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "plots": ("matplotlib", "the PNG figures of vitlab-reproduce and vitlab-bench"),
     "data": ("webdataset", "vitlab-data pack and prepare (webdataset's tar writer; reading shards needs nothing)"),
 }
+
+
+SWEEP_ARGS = {("hparams_search", "optuna"), ("hydra/sweeper", "vitlab_optuna")}  # what selects vitlab's sweeper
 
 
 class MissingExtra(ConfigError):
@@ -64,5 +67,5 @@ def check_argv(argv: Sequence[str]) -> None:
         key, _, value = arg.lstrip("+~").partition("=")
         if key == "hydra/launcher" and value.startswith("submitit") and not is_installed("slurm"):
             raise MissingExtra(missing_extra_message("slurm", arg))
-        if (key, value) in {("hparams_search", "optuna"), ("hydra/sweeper", "optuna")} and not is_installed("sweep"):
+        if (key, value) in SWEEP_ARGS and not is_installed("sweep"):
             raise MissingExtra(missing_extra_message("sweep", arg))

@@ -1,8 +1,9 @@
 """Run one task (a training or evaluation job) with the bookkeeping every run directory needs.
 
 `run_task` writes `config_resolved.yaml` first and `results.json` last, whatever happens in between:
-`status: ok` with the metrics, `status: failed` with the error, or `status: interrupted` when a signal
-stopped the run (the checkpoint it continues from is written; exit code 128 + signal, also in a sweep).
+`status: ok` with the metrics, `status: failed` with the error, `status: pruned` for an Optuna trial its
+study's pruner stopped (the reason in `error`), or `status: interrupted` when a signal stopped the run (the
+checkpoint it continues from is written; exit code 128 + signal, also in a sweep).
 In a multirun a failed job is recorded and the sweep goes on; a single run exits non-zero. User errors
 (`ConfigError`) are printed as one paragraph without a traceback; anything else keeps its traceback. W&B
 runs are always finished. A file that cannot be written (a full disk, a quota, a read-only or failing file
@@ -37,6 +38,7 @@ from vitlab.runs.files import RESULTS_FILE, jsonable, results_status, write_json
 from vitlab.runs.state import RUN_FILE, RunState, task_overrides
 from vitlab.runs.wandb_login import should_force_offline
 from vitlab.training.interrupts import StopNow, TrainingInterrupted, catch_interrupts, signal_name
+from vitlab.training.optuna_pruning import Pruned
 from vitlab.training.quiet import quiet_third_party
 
 log = logging.getLogger("vitlab")
@@ -137,6 +139,9 @@ def run_task(
         if exc.checkpoint is not None:
             record["checkpoint"] = str(exc.checkpoint)
         print(f"\nvitlab: {exc}\n", file=sys.stderr)
+    except Pruned as exc:  # an Optuna trial stopped by its study's pruner: not a failure (docs/reproduce.md)
+        record.update(status="pruned", error=str(exc))
+        log.info("%s", exc)
     except Exception as exc:  # record every failure; re-raise below unless the sweep must go on
         exit_code = 1
         failure = find_write_failure(exc)  # first: a WriteFailed is a ConfigError too, but gets the way out here

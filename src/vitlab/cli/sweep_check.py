@@ -1,111 +1,140 @@
-"""Check an Optuna search space before the sweeper opens its study: every parameter can be sampled and composed.
+"""Check an Optuna search before Hydra starts: its settings, every parameter of its space, and each choice composes.
 
-hydra-optuna-sweeper builds Optuna's distributions only once the study is open, so `tag(log, interval(0, 1e-2))`
-(a log scale touching 0) or `interval(1e-2, 1e-4)` (low > high) ended in a traceback from inside the sweeper; a
-`choice` of a config group option that does not exist failed in the launcher after the trial was asked for,
-and that trial stayed RUNNING in the study for good. Here each parameter of the space (the composed
-`hydra.sweeper.params` and the command line's sweep overrides) is turned into the sweeper's own distribution,
-and each string choice is composed, before Hydra starts; a failure is one paragraph naming the parameter.
+vitlab's sweeper (hydra_plugins.vitlab_optuna, docs/reproduce.md "Hyper-parameter search") checks its settings and
+space itself, but only once Hydra runs the multirun. Here the same checks run on the composed config before
+Hydra starts -- an unknown sampler or pruner, an option that does not apply to it, `n_trials=0`, a storage that
+cannot be written, an empty interval or a log interval touching 0 -- and a `choice` of a config group option that
+does not exist is composed (it would fail in the launcher, after Optuna recorded the trial as running). Each is
+one paragraph naming the key (exit status 2), and nothing is written: not the study, not the sweep directory.
 
 `hydra.sweeper.params.<key>=<space>` (the form our docs give) cannot be parsed by Hydra itself: it refuses a
 sweep of its own config, and the dotted key (`optim.lr`) is read as a path. The sweeper appends its command-line
 arguments to `params` (a later key wins), so the same search is `<key>=<space>`: `sweeper_params_as_overrides`
-rewrites it so before Hydra sees the command line.
+rewrites it so before Hydra sees the command line, and refuses the keys of hydra-optuna-sweeper that vitlab's
+sweeper spells differently, naming the new spelling.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vitlab.errors import ConfigError
 
 PARAMS_PREFIXES = ("hydra.sweeper.params.", "+hydra.sweeper.params.", "++hydra.sweeper.params.")
+SWEEPER = "vitlab_optuna"
+RETIRED = {  # hydra-optuna-sweeper's keys (before Optuna 4) -> what to write now
+    "hydra.sweeper.max_failure_rate": "nothing: a failed trial is recorded as FAIL and the search goes on",
+    "hydra.sweeper.search_space": "hydra.sweeper.params.<key>=<space>, e.g. 'tag(log, interval(1e-4, 1e-2))'",
+    "hydra.sweeper.custom_search_space": "hydra.sweeper.params.<key>=<space> (choice, range, interval)",
+    "hydra.sweeper.sampler._target_": "hydra.sweeper.sampler.name=tpe|gp|cmaes|random|grid",
+}
 
 
 def sweeper_params_as_overrides(argv: list[str]) -> list[str]:
-    """`argv` with each `hydra.sweeper.params.<key>=<space>` written as the sweeper argument `<key>=<space>`."""
+    """`argv` with each `hydra.sweeper.params.<key>=<space>` written as the sweeper argument `<key>=<space>`;
+    `ConfigError` for a retired key of hydra-optuna-sweeper."""
     out = []
     for arg in argv:
+        _refuse_retired(arg)
         prefix = next((p for p in PARAMS_PREFIXES if arg.startswith(p) and "=" in arg), None)
         out.append(arg[len(prefix) :] if prefix else arg)
     return out
 
 
+def _refuse_retired(arg: str) -> None:
+    from hydra_plugins.vitlab_optuna.config import PRUNERS, SAMPLERS
+
+    key, _, value = arg.lstrip("+~").partition("=")
+    new = RETIRED.get(key)
+    if (new is None and not key.startswith("hydra/sweeper")) or _installed("hydra_plugins.hydra_optuna_sweeper"):
+        return  # nothing retired, or hydra-optuna-sweeper is installed: its keys are the user's choice
+    if key in ("hydra/sweeper/sampler", "hydra/sweeper/pruner"):
+        kind = key.rsplit("/", 1)[1]
+        names = SAMPLERS if kind == "sampler" else PRUNERS
+        new = f"hydra.sweeper.{kind}.name={value} (one of {', '.join(names)})"
+    elif key == "hydra/sweeper" and value == "optuna":
+        new = f"hydra/sweeper={SWEEPER} (what hparams_search=optuna sets; the same params, n_trials, study_name)"
+    if new is not None:
+        raise ConfigError(
+            f"{arg} is a setting of hydra-optuna-sweeper, which vitlab no longer uses (it pins Optuna 2); vitlab's "
+            f"own Optuna sweeper (hydra/sweeper={SWEEPER}) takes {new} instead. See docs/reproduce.md."
+        )
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def check_search_space(cfg: DictConfig, overrides: list[str], config_name: str = "train") -> None:
-    """Raise `ConfigError` for the first parameter of an Optuna search space that cannot be sampled or composed.
+    """Raise `ConfigError` for the first setting or parameter of an Optuna search that cannot work.
     `cfg`: one job's composed config with its `hydra` node; `overrides`: the command line's overrides (with
     `sweeper_params_as_overrides` applied, and a --config-dir as `hydra.searchpath`)."""
     sweeper = cfg.hydra.get("sweeper") or {}
-    if "optuna" not in str(sweeper.get("_target_", "")).lower():
+    if not str(sweeper.get("_target_", "")).startswith(f"hydra_plugins.{SWEEPER}."):
         return
+    from hydra_plugins.vitlab_optuna import space, study
+
+    settings = OmegaConf.create(OmegaConf.to_container(sweeper, resolve=False))
+    for key in ("storage", "study_name"):  # e.g. ${paths.log_dir}: resolved in the whole config
+        settings[key] = OmegaConf.select(cfg, f"hydra.sweeper.{key}", throw_on_resolution_failure=False)
+    study.check_settings(settings)
+    specs = [(f"{key}={value}", "hydra.sweeper.params") for key, value in (sweeper.get("params") or {}).items()]
+    arguments = [(o, "the command line") for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    distributions, _ = space.parse_space([*specs, *_parsable(arguments)])
+    if settings.sampler.name == "grid":
+        space.grid(distributions)
+    fixed = [o for o in overrides if _is_fixed(o)]
+    for text, source in [*specs, *arguments]:
+        _check_choices_compose(text, source, fixed, config_name)
+
+
+def _parsable(specs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The command line's overrides Hydra can parse (the others: Hydra says why in its own words)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     parser = OverridesParser.create()
-    params = sweeper.get("params") or {}
-    specs = [(f"{key}={value}", "hydra.sweeper.params") for key, value in params.items()]
-    specs += [(o, "the command line") for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    fixed: list[str] = []
-    sweeps = []
+    out = []
     for text, source in specs:
         try:
-            override = parser.parse_override(text)
+            parser.parse_override(text)
         except HydraException:
-            continue  # Hydra says it in its own words when it parses the command line
-        if override.is_sweep_override():
-            sweeps.append((override, text, source))
-        elif source == "the command line":
-            fixed.append(text)
-    fixed += [o for o in overrides if o.lstrip("+~").startswith("hydra")]  # e.g. a --config-dir's search path
-    for override, text, source in sweeps:
-        _check_distribution(override, text, source)
-    for override, text, source in sweeps:
-        _check_choices_compose(override, text, source, fixed, config_name)
+            continue
+        out.append((text, source))
+    return out
 
 
-def _where(text: str, source: str) -> str:
-    return f"The Optuna search space's {text.split('=', 1)[0]} ({source}: {text})"
+def _is_fixed(text: str) -> bool:
+    """A command-line override every trial gets (not a sweep), or a Hydra setting such as --config-dir's path."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
-
-def _check_distribution(override: Any, text: str, source: str) -> None:
-    """The sweeper's own conversion to an Optuna distribution, with the bounds said plainly when they are wrong."""
-    from hydra.core.override_parser.types import IntervalSweep, RangeSweep
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
-
-    value = override.value()
-    where = _where(text, source)
-    if isinstance(value, IntervalSweep):
-        low, high, log = value.start, value.end, "log" in value.tags
-        if low > high:
-            raise ConfigError(
-                f"{where} has low {low:g} > high {high:g}: an interval is written low first, e.g. "
-                f"interval({high:g}, {low:g})."
-            )
-        if log and low <= 0:
-            raise ConfigError(
-                f"{where} is on a log scale but its low bound is {low:g}: a log interval needs 0 < low <= high "
-                f"(e.g. tag(log, interval({high / 100:g}, {high:g}))); drop tag(log, ...) for a linear interval."
-            )
-    if isinstance(value, RangeSweep) and value.step is not None and value.step <= 0:
-        raise ConfigError(f"{where} has step {value.step:g}: a range needs a step > 0.")
+    if text.lstrip("+~").startswith("hydra"):
+        return True
     try:
-        create_optuna_distribution_from_override(override)
-    except (ValueError, TypeError, AssertionError, NotImplementedError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ConfigError(f"{where} cannot be sampled by Optuna: {reason}.") from None
+        return not OverridesParser.create().parse_override(text).is_sweep_override()
+    except HydraException:
+        return False
 
 
-def _check_choices_compose(override: Any, text: str, source: str, fixed: list[str], config_name: str) -> None:
+def _check_choices_compose(text: str, source: str, fixed: list[str], config_name: str) -> None:
     """Each string choice (a config group's option, typically) composes with the fixed overrides: a trial whose
     config cannot compose fails in the launcher, after Optuna has recorded it as running."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import Transformer
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra_plugins.vitlab_optuna.space import where
     from vitlab.compose import compose_config
 
+    override: Any = OverridesParser.create().parse_override(text)
     if not override.is_choice_sweep():
         return
     key = override.get_key_element()
@@ -116,4 +145,4 @@ def _check_choices_compose(override: Any, text: str, source: str, fixed: list[st
             compose_config(config_name, [*fixed, f"{key}={choice}"])
         except (HydraException, OmegaConfBaseException) as exc:
             reason = " ".join(str(exc).split("\nConfig search path")[0].split())
-            raise ConfigError(f"{_where(text, source)} offers {choice}, which does not compose: {reason}") from None
+            raise ConfigError(f"{where(text, source)} offers {choice}, which does not compose: {reason}") from None

@@ -90,6 +90,7 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
     from vitlab.training.determinism import StepSeeding
     from vitlab.training.dynamics_monitor import learned_dynamics, summarise
     from vitlab.training.interrupts import InterruptGuard, raise_if_interrupted
+    from vitlab.training.optuna_pruning import pruning_callbacks
 
     check_config(cfg)  # types and ranges first: nothing is built from a value that cannot work
     check_trainer(cfg)  # accelerator/strategy/devices that contradict: said here, before other processes start
@@ -106,7 +107,7 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
     record_weights_report(module.model, Path(cfg.paths.output_dir), record)
     cost = CostMeter(img_size=int(cfg.data.img_size))
     # exact resume: per-step seeds, and signals turned into a checkpoint and a clean stop (docs/resume.md)
-    trainer = build_trainer(cfg, extra_callbacks=[cost, StepSeeding(cfg.seed), InterruptGuard()])
+    trainer = build_trainer(cfg, extra_callbacks=[cost, StepSeeding(cfg.seed), InterruptGuard(), *pruning_callbacks()])
     check_batch_split(cfg, trainer.world_size)  # each process would find it after all of them started
     origin = provenance(trainer.strategy.root_device)  # versions, device, git state: in results.json and loggers
     record.update(origin)
@@ -243,9 +244,10 @@ def _best_val(trainer: Any) -> float | None:
     return float(value) if value is not None else None
 
 
-def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
-    """One job of `vitlab-train` (the only one, or one of a multirun): its metric for a sweeper; a failed job's
-    run directory is added to `failures` (this command's list: a multirun goes on, then exits non-zero)."""
+def train_job(cfg: DictConfig, failures: list[str]) -> float | Exception | None:
+    """One job of `vitlab-train` (the only one, or one of a multirun): its metric for a sweeper (`Pruned` for an
+    Optuna trial its pruner stopped); a failed job's run directory is added to `failures` (this command's list: a
+    multirun goes on, then exits non-zero)."""
     from vitlab.cli.in_place import RunFinished, apply_attempt, attempt_options, open_attempt
     from vitlab.cli.resume import check_same_data
     from vitlab.cli.runner import (
@@ -283,6 +285,10 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | None:
     if record.get("status") == "failed":
         failures.append(str(cfg.paths.output_dir))
         return None  # no metric: a sweeper records the trial as failed (Optuna: FAIL), even if val/acc was measured
+    if record.get("status") == "pruned":  # vitlab's Optuna sweeper tells the study PRUNED
+        from vitlab.training.optuna_pruning import Pruned
+
+        return Pruned(record["error"])
     return record.get(metric)
 
 
@@ -315,7 +321,7 @@ def main() -> None:
     failures: list[str] = []  # this command's failed jobs, from its own jobs only
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-    def _hydra_main(cfg: DictConfig) -> float | None:
+    def _hydra_main(cfg: DictConfig) -> float | Exception | None:
         return train_job(cfg, failures)
 
     _hydra_main()
