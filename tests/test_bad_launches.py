@@ -208,7 +208,7 @@ def test_a_config_error_under_ddp_cpu_is_said_once_before_the_processes_start(tm
     assert result["status"] == "failed" and "data.batch_size=33" in result["error"]
 
 
-# --- an Optuna search space ---------------------------------------------------------------------------------
+# --- an Optuna search (vitlab's sweeper, hydra/sweeper=vitlab_optuna) ---------------------------------------
 
 
 def test_the_documented_sweeper_params_form_becomes_a_sweeper_argument() -> None:
@@ -231,8 +231,10 @@ BAD_SPACES = {
         "is on a log scale but its low bound is 0: a log interval needs 0 < low <= high",
     ),
     "low_above_high": ("optim.lr=interval(1e-2, 1e-4)", "has low 0.01 > high 0.0001"),
+    "empty_interval": ("optim.lr=interval(1e-3, 1e-3)", "is empty (low = high = 0.001)"),
     "int_log_touching_0": ("data.batch_size=tag(log, interval(0, 64))", "its low bound is 0"),
     "range_step_0": ("data.batch_size=range(8, 64, step=0)", "has step 0: a range needs a step > 0"),
+    "empty_range": ("data.batch_size=range(64, 8)", "is empty: range(start, stop) runs from start up to"),
     "missing_group_option": ("model/mixer=choice(nystrom, nystorm)", "offers nystorm, which does not compose"),
 }
 
@@ -249,6 +251,64 @@ def test_a_search_space_that_cannot_be_sampled_is_refused_before_any_trial(space
     assert message.startswith(f"The Optuna search space's {key} (the command line: {space})") and reason in message
 
 
+BAD_SETTINGS = {
+    "unknown_sampler": (["hydra.sweeper.sampler.name=bayes"], "sampler.name=bayes is not an Optuna sampler of vitlab"),
+    "unknown_pruner": (["hydra.sweeper.pruner.name=asha"], "Allowed: none, median, hyperband."),
+    "option_of_another_sampler": (
+        ["hydra.sweeper.sampler.name=random", "hydra.sweeper.sampler.n_startup_trials=4"],
+        "n_startup_trials=4 does not apply to the random sampler, so it would be ignored",
+    ),
+    "pruner_option_out_of_range": (
+        ["hydra.sweeper.pruner.name=hyperband", "hydra.sweeper.pruner.reduction_factor=1"],
+        "reduction_factor=1 is out of range: it must be at least 2",
+    ),
+    "no_trials": (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: it must be at least 1"),
+    "read_only_journal": (
+        ["hydra.sweeper.storage=/proc/vitlab/study.journal"],  # refused even to root
+        "hydra.sweeper.storage=/proc/vitlab/study.journal cannot be written",
+    ),
+    "grid_over_an_interval": (
+        ["hydra.sweeper.sampler.name=grid"],
+        "grid needs a finite set of values for every parameter, but optim.lr is an interval",
+    ),
+    "retired_sampler_group": (["hydra/sweeper/sampler=random"], "takes hydra.sweeper.sampler.name=random (one of"),
+    "retired_sweeper": (["hydra/sweeper=optuna"], "takes hydra/sweeper=vitlab_optuna"),
+    "retired_failure_rate": (["hydra.sweeper.max_failure_rate=0.5"], "a failed trial is recorded as FAIL"),
+}
+
+
+@pytest.mark.parametrize(("args", "reason"), BAD_SETTINGS.values(), ids=BAD_SETTINGS.keys())
+def test_a_search_setting_that_cannot_work_is_refused_in_one_paragraph(args: list[str], reason: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_launcher("train", sweeper_params_as_overrides(["hparams_search=optuna", *args]))
+    one_paragraph(str(refused.value))
+    assert reason in str(refused.value)
+
+
+def test_a_journal_behind_a_file_is_refused_and_nothing_is_made(tmp_path) -> None:
+    (tmp_path / "in_the_way").write_text("a file, not a folder")
+    storage = tmp_path / "in_the_way" / "optuna" / "s.journal"
+    with pytest.raises(ConfigError, match=r"cannot be written \(.*in_the_way is a file\)"):
+        check_launcher("train", ["hparams_search=optuna", f"hydra.sweeper.storage={storage}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in_the_way"]
+
+
+def test_the_sweeper_refuses_a_bad_setting_itself_before_opening_the_study(tmp_path, capsys) -> None:
+    """Where vitlab-train's check did not run (another entry point), the sweeper says it: exit 2, no storage."""
+    from hydra_plugins.vitlab_optuna.sweeper import VitlabOptunaSweeper
+
+    cfg = compose_cfg(["hparams_search=optuna", f"paths.log_dir={tmp_path}", "hydra.sweeper.pruner.name=asha"])
+    settings = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    settings.update(storage=str(tmp_path / "optuna" / "s.journal"), study_name="s")
+    with pytest.raises(SystemExit) as stopped:
+        VitlabOptunaSweeper(**settings).sweep([])
+    assert stopped.value.code == 2
+    paragraph = capsys.readouterr().err.split("vitlab: error: ")[1]
+    one_paragraph(paragraph)
+    assert paragraph.startswith("hydra.sweeper.pruner.name=asha is not an Optuna pruner")
+    assert not (tmp_path / "optuna").exists()
+
+
 def test_a_bad_space_in_a_config_names_hydra_sweeper_params() -> None:
     cfg = compose_cfg(["hparams_search=optuna"])
     with open_dict(cfg):
@@ -263,24 +323,49 @@ def test_the_shipped_search_space_passes() -> None:
 
 
 @pytest.mark.slow
+def test_vitlab_train_refuses_a_bad_search_with_exit_2_and_leaves_the_study_untouched(tmp_path) -> None:
+    import optuna
+
+    from vitlab.training.optuna_pruning import open_storage
+
+    journal = tmp_path / "optuna" / "kept.journal"
+    journal.parent.mkdir()
+    study = optuna.create_study(study_name="kept", storage=open_storage(str(journal)), direction="maximize")
+    study.tell(study.ask(), 0.5)
+    before = journal.read_bytes()
+    args = ["hparams_search=optuna", "hydra.sweeper.study_name=kept", "hydra.sweeper.sampler.name=bayes", *TINY]
+    run = run_cli("train", args, tmp_path)
+    assert run.returncode == 2, run.stderr[-3000:]
+    paragraph = run.stderr.split("vitlab: error: ")[1]
+    one_paragraph(paragraph)
+    assert "sampler.name=bayes" in paragraph
+    assert journal.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["optuna"]
+
+
+@pytest.mark.slow
 def test_a_failed_trial_is_fail_in_the_study_and_the_search_goes_on(tmp_path) -> None:
-    """Two trials, the documented `hydra.sweeper.params.<key>=` form: TPE's seed 4 (optuna 2.10) samples lr -1.0
+    """Two trials, the documented `hydra.sweeper.params.<key>=` form: the random sampler's seed 10 draws lr -1.0
     first, refused by the run (a failed trial), then 0.001, which trains."""
     import optuna
+
+    from vitlab.training.optuna_pruning import open_storage
 
     args = [
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.study_name=fails",
-        "hydra.sweeper.sampler.seed=4",
-        "hydra.sweeper.params.optim.lr=choice(-1.0, 0.001)",
+        "hydra.sweeper.sampler.name=random",
+        "hydra.sweeper.sampler.seed=10",
+        "hydra.sweeper.params.optim.lr=choice(-1.0, 0.001)",  # the only parameter: the others fixed
+        "hydra.sweeper.params.optim.weight_decay=0.01",
+        "hydra.sweeper.params.module.label_smoothing=0.0",
         *TINY,
         *["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"],
     ]
     run = run_cli("train", args, tmp_path)
     assert run.returncode == 1, run.stderr[-3000:]  # a sweep with a failed job exits non-zero
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
-    study = optuna.load_study(study_name="fails", storage=f"sqlite:///{tmp_path}/optuna/fails.db")
+    study = optuna.load_study(study_name="fails", storage=open_storage(str(tmp_path / "optuna" / "fails.journal")))
     states = {trial.params["optim.lr"]: trial.state.name for trial in study.trials}
     assert states == {-1.0: "FAIL", 0.001: "COMPLETE"}, f"{states}: the sampler drew other values than expected"
     statuses = sorted(r["status"] for r in run.results())
@@ -288,33 +373,25 @@ def test_a_failed_trial_is_fail_in_the_study_and_the_search_goes_on(tmp_path) ->
 
 
 def test_a_search_whose_every_trial_failed_ends_in_one_paragraph(tmp_path, capsys) -> None:
-    """The sweeper's own `study.best_trial` raises Optuna's "Record does not exist." when no trial completed;
-    the wrapped `sweep` says what happened instead (exit status 1). In-process: a study of two FAIL trials."""
+    """No trial completed: no best value. The sweeper says what happened instead (exit status 1); with one
+    completed trial it writes the best one to the sweep directory. In-process: a study of FAIL and PRUNED trials."""
     import optuna
 
-    from vitlab.cli.optuna_study import _wrap
+    from hydra_plugins.vitlab_optuna.sweeper import VitlabOptunaSweeper
 
     storage = f"sqlite:///{tmp_path}/all_fail.db"
-    study = optuna.create_study(study_name="all_fail", storage=storage)
-    for _ in range(2):
-        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
-
-    def sweep(self, arguments):  # what hydra-optuna-sweeper does after its trials: ask for the best one
-        return optuna.load_study(study_name="all_fail", storage=storage).best_trial
-
-    sweeper = SimpleNamespace(study_name="all_fail", storage=storage, sweep_dir=str(tmp_path / "sweep"))
+    study = optuna.create_study(study_name="all_fail", storage=storage, direction="maximize")
+    for state in ("FAIL", "FAIL", "PRUNED"):
+        study.tell(study.ask(), state=optuna.trial.TrialState[state])
+    sweeper = VitlabOptunaSweeper(storage=storage, direction="maximize")
+    sweeper.sweep_dir = tmp_path / "sweep"
     with pytest.raises(SystemExit) as stopped:
-        _wrap(sweep)(sweeper, [])
+        sweeper._finish(study)
     assert stopped.value.code == 1
-    err = capsys.readouterr().err
-    paragraph = err.split("vitlab: error: ")[1]  # after Optuna's own log line
-    assert paragraph.startswith("no trial of the Optuna study all_fail completed (2 of 2 trials FAIL)")
+    paragraph = capsys.readouterr().err.split("vitlab: error: ")[1]
+    assert paragraph.startswith("no trial of the Optuna study all_fail completed (2 FAIL, 1 PRUNED of 3 trials)")
     assert str(tmp_path / "sweep") in paragraph and storage in paragraph
     one_paragraph(paragraph)
-    study.tell(study.ask(), 0.5)  # one trial completed: any ValueError is the sweeper's own, and kept
-
-    def other(self, arguments):
-        raise ValueError("another problem")
-
-    with pytest.raises(ValueError, match="another problem"):
-        _wrap(other)(sweeper, [])
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    sweeper._finish(study)
+    assert "best_value: 0.5" in (tmp_path / "sweep" / "optimization_results.yaml").read_text()

@@ -25,7 +25,8 @@ EXAMPLE = ROOT / "examples" / "my_project" / "configs"
 
 def test_every_package_is_in_the_wheel_list() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    assert listed == {*find_packages(str(ROOT / "src")), "vitlab.configs"}
+    plugins = {"hydra_plugins", *(f"hydra_plugins.{p}" for p in find_packages(str(ROOT / "src" / "hydra_plugins")))}
+    assert listed == {*find_packages(str(ROOT / "src")), "vitlab.configs", *plugins}
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ class SamplerConf:
     seed: int | None = None
     n_startup_trials: int | None = None  # tpe, gp, cmaes: random trials before the model is used
     multivariate: bool | None = None  # tpe: model the parameters jointly
-    sigma0: float | None = None  # cmaes: the initial step size
 
 
 @dataclass

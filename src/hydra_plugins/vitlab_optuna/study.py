@@ -20,7 +20,7 @@ from vitlab.errors import ConfigError
 SAMPLER_OPTIONS = {
     "tpe": ("n_startup_trials", "multivariate"),
     "gp": ("n_startup_trials",),
-    "cmaes": ("n_startup_trials", "sigma0"),
+    "cmaes": ("n_startup_trials",),
     "random": (),
     "grid": (),
 }
@@ -29,7 +29,7 @@ PRUNER_OPTIONS = {
     "median": ("n_startup_trials", "n_warmup_steps"),
     "hyperband": ("min_resource", "max_resource", "reduction_factor"),
 }
-LEAST = {"sigma0": 1e-12, "min_resource": 1, "max_resource": 1, "reduction_factor": 2}  # the rest: at least 0
+LEAST = {"min_resource": 1, "max_resource": 1, "reduction_factor": 2}  # the rest: at least 0
 DIRECTIONS = ("maximize", "minimize")
 
 
