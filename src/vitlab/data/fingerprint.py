@@ -140,17 +140,18 @@ def fingerprint(
     entry_id = hashlib.sha256(selection.encode()).hexdigest()[:16]
     key = folder_key(folder)
     cache_path = folder / CACHE_FILE
-    cache = _read_cache(cache_path)
+    cache = read_cache(cache_path)
     hit = cache.get(entry_id)
     if isinstance(hit, dict) and hit.get("key") == key and isinstance(hit.get("result"), dict):
         return dict(hit["result"])
     result = compute(splits, settings, folder, list_folder)
     cache[entry_id] = {"key": key, "result": result}
-    _write_cache(cache_path, cache)
+    write_cache(cache_path, cache)
     return result
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
+def read_cache(path: Path) -> dict[str, Any]:
+    """A JSON object kept beside data (this module's cache, packed sets' verified checksums), or {}."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -158,7 +159,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_cache(path: Path, cache: dict[str, Any]) -> None:
+def write_cache(path: Path, cache: dict[str, Any]) -> None:
     """Whole or absent (a temporary file renamed); a read-only or full folder just keeps no cache."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from vitlab.data.base import ImageDataModule
+from vitlab.data.fingerprint import read_cache, write_cache
 from vitlab.data.shards.manifest import MANIFEST, SPLITS, parse_manifest
 from vitlab.data.shards.reader import ShardSplit, check_shard_file, load_index
 from vitlab.data.shards.store import ShardStore, sha256_file
@@ -106,21 +105,11 @@ class ShardsDataModule(ImageDataModule):
         self._remember(verified)
 
     def _verified(self) -> dict[str, Any]:
-        try:
-            data = json.loads((self.store.cache / VERIFIED_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_cache(self.store.cache / VERIFIED_FILE)
 
     def _remember(self, verified: dict[str, Any]) -> None:
         """Best effort: a read-only set is hashed again next time, never refused."""
-        path = self.store.cache / VERIFIED_FILE
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(verified, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        write_cache(self.store.cache / VERIFIED_FILE, verified)
 
     def _build(self) -> tuple[Dataset, Dataset, Dataset]:
         tf = {"train": self.train_tf, "val": self.eval_tf, "test": self.eval_tf}
