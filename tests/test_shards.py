@@ -25,7 +25,7 @@ from vitlab.data.sampling import seeded_rng
 from vitlab.data.shards.manifest import MANIFEST, content_sha256
 from vitlab.data.shards.module import ShardsDataModule
 from vitlab.data.shards.pack import pack
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, find_config_error
 
 SPLITS = ("train", "val", "test")
 
@@ -239,6 +239,9 @@ def test_data_shards_takes_img_size_and_batch_size_from_the_manifest(digits_pack
     cfg = compose_cfg(["data=shards", f"data.root={digits_pack}"])
     assert cfg.data.img_size == 32 and cfg.data.batch_size == 64
     assert compose_cfg(["data=shards", f"data.root={digits_pack}", "data.img_size=48"]).data.img_size == 48
+    with pytest.raises(Exception) as missing:  # OmegaConf wraps the resolver's error
+        OmegaConf.to_container(compose_cfg(["data=shards"]).data, resolve=True)
+    assert "data.root is not set" in str(find_config_error(missing.value))
     with pytest.raises(ConfigError, match=r"data\.source has keys"):
         ShardsDataModule(root=str(digits_pack), source={"classes": [1, 2]})
 

@@ -28,7 +28,10 @@ def packed_source(root: Any, key: str) -> Any:
     """A key of the data config a packed set was made from (`configs/data/shards.yaml`: img_size, batch_size),
     read from its manifest, so a model sized by `${data.img_size}` gets the source's size unless given."""
     if root in (None, "", "???"):
-        raise ConfigError("data.root is not set; data=shards needs data.root=<packed directory or URL>.")
+        raise ConfigError(
+            "data.root is not set: data=shards needs data.root=<the directory or URL of a packed set> (written by "
+            "`vitlab-data pack data=<config> out=<dir>`)."
+        )
     source = _packed_source(str(root))
     if key not in source:
         raise ConfigError(

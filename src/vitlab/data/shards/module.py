@@ -52,6 +52,8 @@ class ShardsDataModule(ImageDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, img_size, pin_memory, prefetch_factor)
+        if not root:
+            raise ConfigError("data.root is not set: data=shards needs the directory or URL of a packed set.")
         if verify not in VERIFY:
             raise ConfigError(f"data.verify={verify!r} is not allowed; allowed: {list(VERIFY)}.")
         unknown = sorted(set(source or {}) - set(OVERRIDABLE))
