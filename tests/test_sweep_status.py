@@ -23,7 +23,8 @@ import yaml
 from conftest import TINY, run_cli
 from vitlab.cli.sweep import main, table_cells, watch
 from vitlab.runs.state import RunLock
-from vitlab.runs.sweep_status import JobStatus, SweepStatus, read_sweep, sweep_size
+from vitlab.runs.sweep_size import sweep_size
+from vitlab.runs.sweep_status import JobStatus, SweepStatus, read_sweep
 
 HOST = socket.gethostname()
 STAMP = "%Y-%m-%dT%H:%M:%S%z"

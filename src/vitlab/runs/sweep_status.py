@@ -31,7 +31,6 @@ import csv
 import math
 import os
 import re
-import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,9 @@ from typing import Any
 
 from vitlab.errors import ConfigError
 from vitlab.runs.files import RESULTS_FILE, read_json
+from vitlab.runs.liveness import alive, last_write
 from vitlab.runs.state import NOT_EXPERIMENT, RUN_FILE, canonical, is_under, override_key
+from vitlab.runs.sweep_size import numbered_jobs
 
 STATES = ("done", "running", "failed", "interrupted", "pruned", "stale", "pending")
 FROM_RESULT = {"ok": "done", "failed": "failed", "interrupted": "interrupted", "pruned": "pruned"}
@@ -140,7 +141,7 @@ def read_sweep(
     dirs, archived, sweeps = _walk(root)
     jobs = [read_job(root, d, metric, mode, stale_after, now, archived.get(d, 0)) for d in dirs]
     found = {j.name for j in jobs}
-    wanted = set(expected) | {n for s in sweeps for n in _numbered_jobs(root, s)}
+    wanted = set(expected) | {n for s in sweeps for n in numbered_jobs(root, s)}
     jobs += [JobStatus(name, "pending") for name in wanted - found]
     if not jobs:
         raise ConfigError(
@@ -213,59 +214,6 @@ def read_job(
         overrides=job_overrides(run_dir, run, result),
         result=result,
     )
-
-
-def alive(run_dir: Path, attempt: dict[str, Any], written: float, stale_after: float, now: float) -> bool:
-    """Whether the process of an attempt without an end still runs (the module docstring says how)."""
-    if attempt.get("host") == socket.gethostname():
-        held = lock_held(run_dir)
-        if held is not None:
-            return held
-        pid = attempt.get("pid")
-        if isinstance(pid, int):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except OSError:  # another user's process: it exists
-                return True
-            return True
-    return now - written < stale_after
-
-
-def lock_held(run_dir: Path) -> bool | None:
-    """Whether a process holds the run directory's `.lock` (False without one); None when it cannot be
-    opened. Read-only: it opens the file for reading and asks for a shared lock, so a copy on a read-only
-    disk can be checked and a live run is never disturbed."""
-    import fcntl
-
-    path = run_dir / ".lock"
-    if not path.exists():
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def last_write(run_dir: Path) -> float:
-    """The newest modification time of a file in the run directory, its checkpoints or its CSV log."""
-    newest = 0.0
-    for folder in (run_dir, run_dir / "checkpoints", run_dir / "csv", *run_dir.glob("csv/version_*")):
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
-                with contextlib.suppress(OSError):
-                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-    return newest
 
 
 def _csv_progress(run_dir: Path, metric: str, mode: str) -> tuple[int | None, float | None]:
@@ -341,42 +289,6 @@ def job_overrides(run_dir: Path, run: dict[str, Any], result: dict[str, Any] | N
         given = run.get("overrides") or (result or {}).get("overrides") or []
     last = {override_key(str(o)): str(o) for o in given}
     return [o for k, o in last.items() if not is_under(k, HIDDEN)]
-
-
-def _numbered_jobs(root: Path, sweep: Path) -> list[str]:
-    """The job folders a multirun with Hydra's numbered sub-folders will write, from its `multirun.yaml`; []
-    when its size is not known cheaply (other sub-folder names, a sweep over an interval or a glob)."""
-    import yaml
-
-    try:
-        hydra = (yaml.safe_load((sweep / "multirun.yaml").read_text()) or {}).get("hydra") or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    if str((hydra.get("sweep") or {}).get("subdir")) != "${hydra.job.num}":
-        return []
-    sweeper = hydra.get("sweeper") or {}
-    if "optuna" in str(sweeper.get("_target_", "")).lower():
-        size = sweeper.get("n_trials") if isinstance(sweeper.get("n_trials"), int) else None
-    else:
-        size = sweep_size([str(o) for o in (hydra.get("overrides") or {}).get("task") or []])
-    prefix = sweep.relative_to(root).as_posix()
-    return [f"{i}" if prefix == "." else f"{prefix}/{i}" for i in range(size or 0)]
-
-
-def sweep_size(overrides: Sequence[str]) -> int | None:
-    """How many jobs Hydra's basic sweeper makes of these overrides (the product of each sweep's values)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    size = 1
-    try:
-        for override in OverridesParser.create().parse_overrides(list(overrides)):
-            if override.is_sweep_override():
-                if not override.is_discrete_sweep():
-                    return None
-                size *= len(list(override.sweep_string_iterator()))
-    except Exception:  # Hydra's grammar or a glob it cannot expand without the config
-        return None
-    return size
 
 
 def best_command(status: SweepStatus) -> list[str]:
