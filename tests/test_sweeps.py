@@ -2,7 +2,8 @@
 
 A sweep file is expanded exactly as `wandb agent` expands it (wandb's own `create_sweep_command_args`),
 and the resulting command must be `python src/vitlab/cli/train.py <overrides>` with overrides that Hydra
-composes. The Optuna search runs two trials on a tiny model, then resumes the same SQLite study.
+composes. The Optuna search runs two trials on a tiny model and continues its study (a journal file by default,
+SQLite by option) with a second command; a third search shows a trial its median pruner stops recorded as pruned.
 """
 
 from __future__ import annotations
