@@ -159,3 +159,15 @@ def test_a_trial_run_gets_its_study_and_number_as_one_hydra_env_override(tmp_pat
     parsed = OverridesParser.create().parse_override(overrides[3])
     assert overrides[3].startswith(ENV_OVERRIDE) and parsed.is_hydra_override()
     assert json.loads(parsed.value()) == {**job_spec, "monitor": "val/acc", "trial": 0}
+
+
+def test_an_old_sqlite_study_beside_the_journal_is_named(tmp_path, caplog) -> None:
+    from hydra_plugins.vitlab_optuna.sweeper import _say_where_an_old_study_is
+
+    journal = tmp_path / "optuna" / "s.journal"
+    journal.parent.mkdir()
+    _say_where_an_old_study_is(str(journal))
+    assert not caplog.records  # nothing to say
+    (tmp_path / "optuna" / "s.db").write_bytes(b"")
+    _say_where_an_old_study_is(str(journal))
+    assert "optuna storage upgrade --storage sqlite:///" in caplog.text and not journal.exists()

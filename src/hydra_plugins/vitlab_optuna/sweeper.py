@@ -56,6 +56,7 @@ class VitlabOptunaSweeper(Sweeper):
             grid = space.grid(distributions) if settings.sampler.name == "grid" else None
         except ConfigError as exc:
             _stop(str(exc), 2)
+        _say_where_an_old_study_is(str(settings.storage))
         storage = study.open_storage(str(settings.storage))
         the_study = optuna.create_study(
             study_name=str(settings.study_name),
@@ -136,6 +137,20 @@ def outcome(ret: Any) -> tuple[Any, float | None]:
     except (TypeError, ValueError):
         return State.FAIL, None  # a failed run returns no metric (vitlab.cli.train.train_job)
     return (State.COMPLETE, number) if number == number else (State.FAIL, None)  # NaN: no value to learn from
+
+
+def _say_where_an_old_study_is(storage: str) -> None:
+    """A study of hydra-optuna-sweeper (SQLite, `<study>.db`) beside a journal file not yet made: say how to go on
+    with it rather than start a new study without a word (docs/reproduce.md)."""
+    path = study.storage_file(storage)
+    if path is None or "://" in storage or path.exists() or not path.with_suffix(".db").is_file():
+        return
+    log.warning(
+        "%s holds this study as vitlab kept it before Optuna 4 (SQLite); this search starts a new study in %s. To "
+        "continue the old one instead: optuna storage upgrade --storage sqlite:///%s, then hydra.sweeper.storage="
+        "sqlite:///%s",
+        path.with_suffix(".db"), path, path.with_suffix(".db"), path.with_suffix(".db"),
+    )  # fmt: skip
 
 
 def _override_value(value: Any) -> str:
