@@ -54,6 +54,7 @@ class Attempt:
     checkpoint: Path | None
     position: dict[str, int] | None = None
     lock: RunLock | None = None
+    batch_split: int = 1  # the run's micro-batch split after out-of-memory retries (run.json; docs/runs.md#retries)
 
     @property
     def resumed(self) -> int:
@@ -81,7 +82,10 @@ def open_attempt(run_dir: Path, overrides: list[str], fallback: bool = False, ov
     `fallback` (`resume.fallback=true`) continues from the newest readable checkpoint when last.ckpt cannot be
     read; `overwrite` moves another tool's files in the directory aside instead of refusing them."""
     if rank_zero_only.rank != 0:
-        return _follow_rank_zero(run_dir)
+        attempt = _follow_rank_zero(run_dir)
+        known = RunState.read(run_dir)  # rank 0 recorded the split before it started this process
+        attempt.batch_split = known.batch_split if known is not None else 1
+        return attempt
     known = RunState.read(run_dir)
     if known is None or not same_experiment(known.overrides, overrides, MAY_CHANGE_ON_RESUME):
         _claim(run_dir, overwrite, None if known is None else another_experiment(run_dir, known.overrides, overrides))
@@ -110,7 +114,7 @@ def open_attempt(run_dir: Path, overrides: list[str], fallback: bool = False, ov
         lock.release()
         raise
     os.environ[ENV_RESUME] = str(checkpoint or "")
-    return Attempt(run_dir, state, checkpoint, position, lock)
+    return Attempt(run_dir, state, checkpoint, position, lock, state.batch_split)
 
 
 def _claim(run_dir: Path, overwrite: bool, other_experiment: str | None) -> None:
@@ -188,8 +192,10 @@ def another_experiment(run_dir: Path, stored: list[str], given: list[str]) -> st
 
 
 def apply_attempt(cfg: DictConfig, attempt: Attempt) -> None:
-    """Point the config at the checkpoint to continue from and at the run's existing logs and W&B run."""
+    """Point the config at the checkpoint to continue from and at the run's existing logs and W&B run, with
+    the run's own micro-batch split (out-of-memory retries) applied."""
     loggers = cfg.get("logger") or {}
+    split_batches(cfg, attempt.batch_split)
     with open_dict(cfg):
         if attempt.checkpoint is not None:
             cfg.ckpt_path = str(attempt.checkpoint)  # the run's own progress wins over a warm-start ckpt_path
@@ -209,3 +215,23 @@ def apply_attempt(cfg: DictConfig, attempt: Attempt) -> None:
                 logger.keep_before_step = keep_before
             elif target.endswith("TensorBoardLogger") and resuming_in_place:
                 logger.purge_step = max(keep_before, 0)
+
+
+# trainer keys counted in micro-batches: a split run counts `split` times as many for the same images
+COUNTED_IN_BATCHES = ("trainer.limit_train_batches", "trainer.val_check_interval")
+
+
+def split_batches(cfg: DictConfig, split: int) -> None:
+    """`data.batch_size / split` per micro-batch and `split` times the gradient accumulation (and the trainer's
+    integer batch counts): the images per optimiser step, the steps and the schedule stay the run's own."""
+    from omegaconf import OmegaConf
+
+    if split <= 1:
+        return
+    with open_dict(cfg):
+        cfg.data.batch_size = int(cfg.data.batch_size) // split
+        cfg.trainer.accumulate_grad_batches = int(cfg.trainer.get("accumulate_grad_batches") or 1) * split
+        for key in COUNTED_IN_BATCHES:
+            value = OmegaConf.select(cfg, key, default=None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                OmegaConf.update(cfg, key, value * split)

@@ -77,6 +77,7 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
     from vitlab.data.corrupt import skipped_files
     from vitlab.models.summary import param_counts
     from vitlab.provenance import provenance
+    from vitlab.training.batch_split import MicroBatchResume
     from vitlab.training.budget import check_training_budget
     from vitlab.training.components import (
         build_datamodule,
@@ -92,6 +93,8 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
     from vitlab.training.interrupts import InterruptGuard, raise_if_interrupted
     from vitlab.training.optuna_pruning import pruning_callbacks
 
+    # retries so far and the micro-batch: in results.json however this attempt ends (docs/runs.md#retries)
+    record["retries"] = attempt.state.retries if attempt is not None and attempt.state is not None else 0
     check_config(cfg)  # types and ranges first: nothing is built from a value that cannot work
     check_trainer(cfg)  # accelerator/strategy/devices that contradict: said here, before other processes start
     seed_everything(cfg.seed, workers=True)
@@ -100,6 +103,7 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
         raise ConfigError(f"test_checkpoint={cfg.test_checkpoint!r} is not an option. Allowed: best, last.")
     export = _export_path(cfg)
     datamodule = build_datamodule(cfg)
+    datamodule.batch_split = attempt.batch_split if attempt is not None else 1  # whole batches of the run per epoch
     data = record_data(datamodule.fingerprint(), record, attempt, Path(cfg.paths.output_dir))
     module = build_module(cfg, datamodule.num_classes)
     record.update(param_counts(module.model))
@@ -107,8 +111,14 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
     record_weights_report(module.model, Path(cfg.paths.output_dir), record)
     cost = CostMeter(img_size=int(cfg.data.img_size))
     # exact resume: per-step seeds, and signals turned into a checkpoint and a clean stop (docs/resume.md)
-    trainer = build_trainer(cfg, extra_callbacks=[cost, StepSeeding(cfg.seed), InterruptGuard(), *pruning_callbacks()])
+    extra = [cost, StepSeeding(cfg.seed), InterruptGuard(), MicroBatchResume(), *pruning_callbacks()]
+    trainer = build_trainer(cfg, extra_callbacks=extra)
     check_batch_split(cfg, trainer.world_size)  # each process would find it after all of them started
+    record.update(
+        world_size=trainer.world_size,
+        micro_batch=int(cfg.data.batch_size) // trainer.world_size,  # per device; halved by an out-of-memory retry
+        accumulate_grad_batches=int(trainer.accumulate_grad_batches),
+    )
     origin = provenance(trainer.strategy.root_device)  # versions, device, git state: in results.json and loggers
     record.update(origin)
     log_config(trainer, cfg, extra={"provenance": origin, "data/sha256": data["sha256"]})
@@ -248,15 +258,10 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | Exception | None:
     """One job of `vitlab-train` (the only one, or one of a multirun): its metric for a sweeper (`Pruned` for an
     Optuna trial its pruner stopped); a failed job's run directory is added to `failures` (this command's list: a
     multirun goes on, then exits non-zero)."""
-    from vitlab.cli.in_place import RunFinished, apply_attempt, attempt_options, open_attempt
+    from vitlab.cli.in_place import RunFinished, attempt_options, open_attempt
     from vitlab.cli.resume import check_same_data
-    from vitlab.cli.runner import (
-        configure_wandb,
-        is_multirun,
-        pin_run_dir_for_ddp,
-        report,
-        run_task,
-    )
+    from vitlab.cli.retry import retry_budget
+    from vitlab.cli.runner import configure_wandb, is_multirun, pin_run_dir_for_ddp, report
     from vitlab.cli.slurm import match_threads_to_allocation
     from vitlab.runs.files import read_results
     from vitlab.runs.state import task_overrides
@@ -266,6 +271,7 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | Exception | None:
     match_threads_to_allocation()
     try:  # this run directory: a new run, or the same experiment continued in place (docs/resume.md)
         metric = _optimised_metric(cfg)  # what the job returns; a conflicting old spelling is refused before training
+        budget = retry_budget(cfg, in_sweep=is_multirun())  # docs/runs.md#retries
         check_same_data(cfg)  # a continued run on changed data: refused before anything is written
         attempt = open_attempt(Path(cfg.paths.output_dir), task_overrides(), **attempt_options(cfg))
     except RunFinished as exc:
@@ -280,8 +286,7 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | Exception | None:
         if not is_multirun():
             raise SystemExit(2) from None
         return None
-    apply_attempt(cfg, attempt)
-    record = run_task(cfg, functools.partial(train, attempt=attempt), attempt)
+    record = _attempts(cfg, attempt, budget)
     if record.get("status") == "failed":
         failures.append(str(cfg.paths.output_dir))
         return None  # no metric: a sweeper records the trial as failed (Optuna: FAIL), even if val/acc was measured
@@ -290,6 +295,50 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | Exception | None:
 
         return Pruned(record["error"])
     return record.get(metric)
+
+
+def _attempts(cfg: DictConfig, attempt: Attempt, budget: int) -> dict[str, Any]:
+    """Run the job; while it crashes and `budget` retries remain, run it again in place (docs/runs.md#retries):
+    each attempt from a fresh copy of the job's config, with the run's micro-batch split applied. The last
+    attempt's record; a single run that failed for good exits non-zero as without retries."""
+    import copy
+
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from vitlab.cli.in_place import apply_attempt, attempt_options, open_attempt
+    from vitlab.cli.retry import next_retry, record_retry, retry_line
+    from vitlab.cli.runner import run_task
+    from vitlab.runs.files import read_results
+    from vitlab.runs.state import task_overrides
+
+    run_dir = Path(cfg.paths.output_dir)
+    budget = budget if rank_zero_only.rank == 0 else 0  # DDP ranks > 0 follow rank 0's attempts
+    while True:
+        job_cfg = copy.deepcopy(cfg)
+        apply_attempt(job_cfg, attempt)
+        done = attempt.state.retries if attempt.state is not None else 0
+        try:
+            record = run_task(job_cfg, functools.partial(train, attempt=attempt), attempt)
+            retry = next_retry(record, job_cfg, done, budget)
+        except SystemExit:  # a single run that failed: tried again when a retry is left, else exits as it was
+            record = (read_results(run_dir) or {}) if budget else {}
+            retry = next_retry(record, job_cfg, done, budget) if record else None
+            if retry is None:
+                raise
+        if retry is None:
+            return record
+        why, halve = retry
+        record_retry(run_dir, why, halve)
+        log.warning("%s", retry_line(run_dir, why, halve, job_cfg, done + 1, budget))
+        try:
+            attempt = open_attempt(run_dir, task_overrides(), **attempt_options(cfg))
+        except ConfigError as exc:  # e.g. its last.ckpt cannot be read: the failure stands, as recorded
+            from vitlab.cli.runner import is_multirun, report
+
+            report(str(exc), user_error=True)
+            if not is_multirun():
+                raise SystemExit(2) from None
+            return record
 
 
 def _optimised_metric(cfg: DictConfig) -> str:

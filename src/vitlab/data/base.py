@@ -54,6 +54,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.seed = 0  # the run's seed (set by the CLI): the training order and sample seeds derive from it
+        self.batch_split = 1  # micro-batches per batch of the run (set by the CLI after an out-of-memory retry)
         self._fingerprint: dict[str, Any] | None = None
 
     @property
@@ -96,7 +97,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         if not train:
             return DataLoader(dataset, shuffle=False, **kwargs)
         world, rank = self._world
-        sampler = EpochSampler(dataset, batch, num_replicas=world, rank=rank, seed=self.seed)
+        sampler = EpochSampler(dataset, batch, num_replicas=world, rank=rank, seed=self.seed, split=self.batch_split)
         return ResumableLoader(SeededSamples(dataset), sampler=sampler, **kwargs)
 
     def _pin(self) -> bool:
@@ -116,7 +117,8 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         """Training batches per epoch and process (what the training loader yields), without building it."""
         self.setup()
         world, rank = self._world
-        return EpochSampler(self.train_set, self.per_device_batch_size, world, rank).steps  # type: ignore[arg-type]
+        sampler = EpochSampler(self.train_set, self.per_device_batch_size, world, rank, split=self.batch_split)  # type: ignore[arg-type]
+        return sampler.steps
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -85,21 +85,30 @@ class EpochSampler(DistributedSampler):
     """
 
     def __init__(
-        self, dataset: Dataset, per_rank_batch: int, num_replicas: int = 1, rank: int = 0, seed: int = 0
+        self,
+        dataset: Dataset,
+        per_rank_batch: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        split: int = 1,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.per_rank_batch = per_rank_batch
         self.skip = 0  # samples of this rank already consumed in `self.epoch` (set by a mid-epoch resume)
-        n, global_batch = len(dataset), per_rank_batch * num_replicas  # type: ignore[arg-type]
+        # `split` > 1: each batch of the run's overrides is loaded as `split` micro-batches (an out-of-memory
+        # retry, docs/runs.md#retries); the epoch keeps whole original batches, so it holds the same images
+        n, global_batch = len(dataset), per_rank_batch * num_replicas * split  # type: ignore[arg-type]
         if n < num_replicas:
             raise ConfigError(
                 f"the training set has {n} images, fewer than the {num_replicas} processes (trainer.devices x "
                 "trainer.num_nodes); use fewer processes or more training data."
             )
         if n >= global_batch:
-            self.steps, self.rank_batch = n // global_batch, per_rank_batch
+            self.steps, self.rank_batch = n // global_batch * split, per_rank_batch
         else:  # a data set smaller than one global batch: one step, split evenly, remainder dropped
-            self.steps, self.rank_batch = 1, max(1, n // num_replicas)
+            whole = max(1, n // num_replicas)
+            self.steps, self.rank_batch = (split, whole // split) if whole >= split else (1, whole)
         self.num_samples = self.steps * self.rank_batch
         self.total_size = self.num_samples * num_replicas
         self._indices_cache: tuple[int, list[int]] | None = None
@@ -164,16 +173,24 @@ class ResumableLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
+        """The position, also in samples of this rank (`samples_done`, with the `rank_batch` it was counted
+        in): a run continued with a smaller micro-batch (an out-of-memory retry) starts at the same image."""
         if not isinstance(self.sampler, EpochSampler):
             return {}
-        return {"epoch": int(self.sampler.epoch), "batches_done": int(self.batches_done)}
+        rank_batch = int(self.sampler.rank_batch)
+        done = int(self.batches_done)
+        return {"epoch": int(self.sampler.epoch), "batches_done": done, "samples_done": done * rank_batch,
+                "rank_batch": rank_batch}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state or not isinstance(self.sampler, EpochSampler):
             return
-        epoch, done = int(state["epoch"]), int(state["batches_done"])
-        if done >= len(self):  # saved at the end of an epoch: continue at the start of the next one
-            epoch, done = epoch + 1, 0
+        rank_batch = self.sampler.rank_batch
+        epoch = int(state["epoch"])
+        # checkpoints from before samples_done counted batches of the loader's current size
+        samples = int(state.get("samples_done", int(state["batches_done"]) * rank_batch))
+        if samples >= self.sampler.num_samples:  # saved at the end of an epoch: continue at the next one's start
+            epoch, samples = epoch + 1, 0
         self.sampler.set_epoch(epoch)
-        self.sampler.skip = done * self.sampler.rank_batch
-        self.batches_done = done
+        self.sampler.skip = samples
+        self.batches_done = samples // rank_batch

@@ -33,6 +33,7 @@ NOT_EXPERIMENT = (
     "hydra",
     "paths",
     "tags",
+    "sweep",  # sweep.retries: how often a crashed run is tried again, not what it computes
     "resume",  # resume.fallback: which checkpoint to continue from, not what is computed
     "overwrite",  # what happens to a directory's old contents
     "data.num_workers",
@@ -135,6 +136,10 @@ class RunState:
     wandb_id: str = field(default_factory=lambda: secrets.token_hex(4))
     created: str = field(default_factory=now)
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # the run's own micro-batch split after out-of-memory retries (docs/runs.md#retries): every attempt loads
+    # data.batch_size / batch_split images per micro-batch and accumulates batch_split times as many, so the
+    # images per optimiser step stay those of its overrides. Not an override: a user's change is still refused.
+    batch_split: int = 1
 
     @classmethod
     def read(cls, run_dir: Path) -> RunState | None:
@@ -146,6 +151,7 @@ class RunState:
             wandb_id=str(data.get("wandb_id") or secrets.token_hex(4)),
             created=str(data.get("created", "")),
             attempts=list(data.get("attempts") or []),
+            batch_split=int(data.get("batch_split") or 1),  # run.json from before retries: 1
         )
 
     def write(self, run_dir: Path) -> None:
@@ -156,6 +162,11 @@ class RunState:
     def resumed(self) -> int:
         """How many attempts continued from a checkpoint of this run."""
         return sum(1 for a in self.attempts if a.get("resumed_from"))
+
+    @property
+    def retries(self) -> int:
+        """How many attempts ended in a failure that was tried again (`retried`: oom or crash)."""
+        return sum(1 for a in self.attempts if a.get("retried"))
 
     @property
     def wall_s(self) -> float:
@@ -191,6 +202,18 @@ class RunState:
             if isinstance(data, dict) and data.get("sha256"):
                 return data
         return None
+
+    def retry(self, reason: str, halve: bool) -> None:
+        """The latest attempt failed and is tried again (`reason`: oom or crash); with `halve`, every later attempt
+        loads half the micro-batch and accumulates twice as many (docs/runs.md#retries). An attempt that never
+        recorded its end (the process was killed) ends here as `killed`."""
+        if self.attempts:
+            latest = self.attempts[-1]
+            latest.setdefault("ended", now())
+            latest.setdefault("status", "killed")
+            latest["retried"] = reason
+        if halve:
+            self.batch_split *= 2
 
     def end(self, status: str, wall_s: float, **details: Any) -> None:
         if self.attempts:

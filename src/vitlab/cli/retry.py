@@ -1,0 +1,89 @@
+"""Retries that keep the experiment the same (docs/runs.md#retries).
+
+A job of a sweep (`vitlab-train -m`, the Optuna sweeper's trials, the seed groups `vitlab-reproduce`
+launches) that crashes is tried again, up to `sweep.retries` times, in its own run directory: from its last
+checkpoint when it has one (docs/resume.md), else from the start. An out-of-memory failure is tried with half
+the micro-batch and twice the gradient accumulation (`RunState.batch_split` in run.json), so the images per
+optimiser step, the number of steps and the schedule stay those of the run's overrides. A user error
+(`ConfigError`: bad input, a file that cannot be written) is never retried, nor is an interrupted or pruned run:
+they are not crashes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vitlab.errors import ConfigError
+
+log = logging.getLogger("vitlab")
+DEFAULT_SWEEP_RETRIES = 1  # sweep.retries=null: a job of a sweep is tried once more, a single run is not
+
+
+def retry_budget(cfg: DictConfig, in_sweep: bool) -> int:
+    """`sweep.retries`: a whole number >= 0 (null: 1 for a job of a sweep, 0 for a single run)."""
+    value = OmegaConf.select(cfg, "sweep.retries", default=None)
+    if value is None:
+        return DEFAULT_SWEEP_RETRIES if in_sweep else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"sweep.retries={value!r} is not allowed: it must be a whole number >= 0 (how often a crashed or "
+            "out-of-memory run is tried again; 0: never) or null (1 for a job of a sweep, 0 for a single run)."
+        )
+    return value
+
+
+def is_out_of_memory(error: str) -> bool:
+    """`torch.OutOfMemoryError` (CUDA), or a RuntimeError saying so (older torch, the CPU allocator)."""
+    text = error.lower()
+    return error.startswith(("OutOfMemoryError", "torch.OutOfMemoryError")) or "out of memory" in text
+
+
+def next_retry(record: dict[str, Any], cfg: DictConfig, retries_done: int, budget: int) -> tuple[str, bool] | None:
+    """(why, halve the micro-batch) when the failed attempt behind `record` is tried again, else None."""
+    if record.get("status") != "failed" or record.get("traceback") is None:
+        return None  # ok, interrupted, pruned, or a user error (ConfigError: no traceback), never retried
+    if retries_done >= budget:
+        log.warning("%s failed; no retry left (sweep.retries=%d)", cfg.paths.output_dir, budget)
+        return None
+    error = str(record.get("error") or "")
+    if not is_out_of_memory(error):
+        return "crash", False
+    world = int(record.get("world_size") or 1)
+    per_device = int(cfg.data.batch_size) // world
+    if per_device < 2 or per_device % 2:
+        log.warning(
+            "%s ran out of memory with a micro-batch of %d per device, which cannot be halved; not retried. Use "
+            "model.grad_checkpointing=true or a smaller data.batch_size with more trainer.accumulate_grad_batches.",
+            cfg.paths.output_dir,
+            per_device,
+        )
+        return None
+    return "oom", True
+
+
+def record_retry(run_dir: Path, why: str, halve: bool) -> int:
+    """Mark the failed attempt in run.json as retried; the split every later attempt uses is returned."""
+    from vitlab.runs.state import RunState
+
+    state = RunState.read(run_dir)
+    if state is None:
+        return 1
+    state.retry(why, halve)
+    state.write(run_dir)
+    return state.batch_split
+
+
+def retry_line(run_dir: Path, why: str, halve: bool, cfg: DictConfig, attempt_no: int, budget: int) -> str:
+    what = "out of memory" if why == "oom" else "crashed"
+    how = ""
+    if halve:
+        batch, accumulate = int(cfg.data.batch_size), int(cfg.trainer.get("accumulate_grad_batches") or 1)
+        how = (
+            f" with data.batch_size={batch // 2} and trainer.accumulate_grad_batches={accumulate * 2} "
+            "(the same images per optimiser step)"
+        )
+    return f"{run_dir} {what}; retry {attempt_no} of {budget}{how}, continuing in place"
