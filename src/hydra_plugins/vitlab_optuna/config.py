@@ -48,6 +48,9 @@ class VitlabOptunaSweeperConf:
     direction: str = "maximize"
     n_trials: int = 20
     n_jobs: int = 1  # trials asked for and launched together (one batch of the launcher)
+    # N: launch N jobs once, each pulling trials from the study until n_trials are started (vitlab_optuna.worker);
+    # null: batches of n_jobs. Any, not int: a bad value is vitlab's one paragraph (study.check_settings)
+    workers: Any = None
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
     params: dict[str, Any] = field(default_factory=dict)  # `<key>: <Hydra sweep>`, e.g. tag(log, interval(1e-4, 1e-2))

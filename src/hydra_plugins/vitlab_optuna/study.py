@@ -40,6 +40,7 @@ def check_settings(conf: Any) -> None:
     for key in ("n_trials", "n_jobs"):
         if int(conf[key]) < 1:
             raise ConfigError(f"hydra.sweeper.{key}={conf[key]}: it must be at least 1 (the trials this command runs).")
+    check_workers(conf.get("workers"), str(conf.storage or ""))
     if str(conf.direction) not in DIRECTIONS:
         raise ConfigError(
             f"hydra.sweeper.direction={conf.direction} is not a direction. Allowed: {', '.join(DIRECTIONS)}."
@@ -49,6 +50,25 @@ def check_settings(conf: Any) -> None:
     if not conf.storage:
         raise ConfigError("hydra.sweeper.storage is empty: give a journal file's path or an RDB URL (sqlite:///...).")
     check_storage(str(conf.storage))
+
+
+def check_workers(workers: Any, storage: str) -> None:
+    """`hydra.sweeper.workers`: null (batches of n_jobs) or a whole number >= 1, on a storage every worker's
+    process can open -- a file or a database, never SQLite's in-memory database (vitlab_optuna.worker)."""
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(
+            f"hydra.sweeper.workers={workers} is not allowed: it must be a whole number of at least 1 (the jobs "
+            "launched once, each pulling trials from the study), or null (batches of hydra.sweeper.n_jobs trials)."
+        )
+    if ":memory:" in storage or storage.rstrip("/") in ("sqlite:", "sqlite://"):
+        raise ConfigError(
+            f"hydra.sweeper.workers={workers} needs a study that every worker can open, and "
+            f"hydra.sweeper.storage={storage} is an in-memory database of one process. Allowed: a journal file's "
+            "path (the default, <paths.log_dir>/optuna/<study_name>.journal) or an RDB URL on disk or on a server "
+            "(sqlite:///<file>, postgresql://...)."
+        )
 
 
 def _check_choice(node: Any, kind: str, names: tuple[str, ...], options: dict[str, tuple[str, ...]]) -> None:

@@ -11,7 +11,6 @@ exit status 1, naming the study and where the trials' errors are.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections import Counter
@@ -19,16 +18,24 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.vitlab_optuna import space, study
+from hydra_plugins.vitlab_optuna.worker import (  # noqa: F401  (ENV_OVERRIDE, outcome: this module's names before)
+    ENV_OVERRIDE,
+    Search,
+    Worker,
+    ask_lock_path,
+    outcome,
+    trial_overrides,
+    worker_subdir,
+)
 from vitlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-ENV_OVERRIDE = "++hydra.job.env_set.VITLAB_OPTUNA_TRIAL"  # vitlab.training.optuna_pruning.ENV
 
 
 class VitlabOptunaSweeper(Sweeper):
@@ -39,7 +46,7 @@ class VitlabOptunaSweeper(Sweeper):
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -80,10 +87,19 @@ class VitlabOptunaSweeper(Sweeper):
             "pruner": study.pruner_spec(settings.pruner),
             "monitor": str(OmegaConf.select(self.config, "optimised_metric", default="val/acc")),
         }
+        if settings.get("workers") is not None:
+            search = Search(
+                storage=str(settings.storage), study_name=str(settings.study_name),
+                target=len(the_study.trials) + n_trials, lock=str(ask_lock_path(str(settings.storage), self.sweep_dir)),
+                distributions=distributions, fixed=fixed, job=job,
+                sampler=OmegaConf.to_container(settings.sampler, resolve=True), grid=grid,
+            )  # fmt: skip
+            self._launch_workers(search, min(int(settings.workers), n_trials))
+            n_trials = 0
         while n_trials > 0:
             batch = min(n_trials, int(settings.n_jobs))
             trials = [the_study.ask(distributions) for _ in range(batch)]
-            overrides = [self._overrides(trial, fixed, job) for trial in trials]
+            overrides = [trial_overrides(trial, fixed, job) for trial in trials]
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             for trial, ret in zip(trials, returns, strict=True):
@@ -93,10 +109,22 @@ class VitlabOptunaSweeper(Sweeper):
             n_trials -= batch
         self._finish(the_study)
 
-    def _overrides(self, trial: Any, fixed: dict[str, str], job: dict[str, Any]) -> list[str]:
-        sampled = [f"{key}={_override_value(value)}" for key, value in trial.params.items()]
-        env = json.dumps({**job, "trial": trial.number}).replace("\\", "\\\\").replace("'", "\\'")
-        return [*sampled, *(f"{key}={value}" for key, value in fixed.items()), f"{ENV_OVERRIDE}='{env}'"]
+    def _launch_workers(self, search: Search, workers: int) -> None:
+        """`workers` jobs launched once, each a `Worker` pulling trials until the study holds `search.target`
+        (vitlab_optuna.worker). A worker job that failed is named; its trials are in the study either way."""
+        if workers < 1:
+            return
+        launcher = Plugins.instance().instantiate_launcher(
+            config=self.config,
+            hydra_context=self.hydra_context,
+            task_function=Worker(search, self.hydra_context, self.config, self.task_function),
+        )
+        log.info("%d workers pull trials from the study until it holds %d", workers, search.target)
+        fixed = [f"{key}={value}" for key, value in search.fixed.items()]
+        returns = launcher.launch([[*fixed, worker_subdir(i)] for i in range(workers)], initial_job_idx=0)
+        for i, ret in enumerate(returns):
+            if ret.status != JobStatus.COMPLETED:
+                log.warning("worker %d ended early: %s", i, ret._return_value)
 
     def _finish(self, the_study: Any) -> None:
         import optuna
@@ -119,26 +147,6 @@ class VitlabOptunaSweeper(Sweeper):
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
 
 
-def outcome(ret: Any) -> tuple[Any, float | None]:
-    """(Optuna's state, value) of a finished job: its metric, a run the pruner stopped, or a failure."""
-    import optuna
-    from hydra.core.utils import JobStatus
-
-    from vitlab.training.optuna_pruning import Pruned
-
-    State = optuna.trial.TrialState
-    if ret.status != JobStatus.COMPLETED:
-        return State.FAIL, None
-    value = ret.return_value
-    if isinstance(value, Pruned):
-        return State.PRUNED, None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return State.FAIL, None  # a failed run returns no metric (vitlab.cli.train.train_job)
-    return (State.COMPLETE, number) if number == number else (State.FAIL, None)  # NaN: no value to learn from
-
-
 def _say_where_an_old_study_is(storage: str) -> None:
     """A study of hydra-optuna-sweeper (SQLite, `<study>.db`) beside a journal file not yet made: say how to go on
     with it rather than start a new study without a word (docs/reproduce.md)."""
@@ -151,14 +159,6 @@ def _say_where_an_old_study_is(storage: str) -> None:
         "sqlite:///%s",
         path.with_suffix(".db"), path, path.with_suffix(".db"), path.with_suffix(".db"),
     )  # fmt: skip
-
-
-def _override_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
 
 
 def _product(grid: dict[str, list[Any]]) -> Any:
