@@ -31,7 +31,7 @@ from hydra_plugins.vitlab_optuna.worker import (  # noqa: F401  (ENV_OVERRIDE, o
     ask_lock_path,
     outcome,
     trial_overrides,
-    worker_subdir,
+    worker_overrides,
 )
 from vitlab.errors import ConfigError
 
@@ -88,9 +88,10 @@ class VitlabOptunaSweeper(Sweeper):
             "monitor": str(OmegaConf.select(self.config, "optimised_metric", default="val/acc")),
         }
         if settings.get("workers") is not None:
+            start, lock = len(the_study.trials), ask_lock_path(str(settings.storage), self.sweep_dir)
             search = Search(
                 storage=str(settings.storage), study_name=str(settings.study_name),
-                target=len(the_study.trials) + n_trials, lock=str(ask_lock_path(str(settings.storage), self.sweep_dir)),
+                start=start, target=start + n_trials, lock=str(lock),
                 distributions=distributions, fixed=fixed, job=job,
                 sampler=OmegaConf.to_container(settings.sampler, resolve=True), grid=grid,
             )  # fmt: skip
@@ -121,7 +122,7 @@ class VitlabOptunaSweeper(Sweeper):
         )
         log.info("%d workers pull trials from the study until it holds %d", workers, search.target)
         fixed = [f"{key}={value}" for key, value in search.fixed.items()]
-        returns = launcher.launch([[*fixed, worker_subdir(i)] for i in range(workers)], initial_job_idx=0)
+        returns = launcher.launch([[*fixed, *worker_overrides(i)] for i in range(workers)], initial_job_idx=0)
         for i, ret in enumerate(returns):
             if ret.status != JobStatus.COMPLETED:
                 log.warning("worker %d ended early: %s", i, ret._return_value)

@@ -115,7 +115,8 @@ class Search:
 
     storage: str
     study_name: str
-    target: int
+    start: int  # the study's trials when the command started
+    target: int  # start + n_trials
     lock: str
     distributions: dict[str, Any]
     fixed: dict[str, str]
@@ -140,8 +141,8 @@ class Worker:
 
         index = int(HydraConfig.get().job.num) if HydraConfig.initialized() else 0
         sampler = OmegaConf.create(self.search.sampler)
-        if sampler.get("seed") is not None:  # the same seed in every worker would sample the same points
-            sampler.seed = int(sampler.seed) + index
+        if sampler.get("seed") is not None:  # one seed for all would sample the same points in each worker and
+            sampler.seed = int(sampler.seed) + 1000 * self.search.start + index  # in each command continuing it
         the_study = optuna.load_study(
             study_name=self.search.study_name,
             storage=study.open_storage(self.search.storage),
@@ -179,9 +180,10 @@ def trial_subdir(number: int) -> str:
     return f"hydra.sweep.subdir=trial_{number}"
 
 
-def worker_subdir(index: int) -> str:
-    """A worker job's own directory (its log and Hydra's record; no run of its own)."""
-    return f"hydra.sweep.subdir=worker_{index}"
+def worker_overrides(index: int) -> list[str]:
+    """A worker job's own directory: its log only. No `.hydra/` in it, so `vitlab-sweep status` (which lists the
+    folders with results.json, run.json or .hydra/overrides.yaml) shows the trials, not the workers."""
+    return [f"hydra.sweep.subdir=worker_{index}", "hydra.output_subdir=null"]
 
 
 def _override_value(value: Any) -> str:
