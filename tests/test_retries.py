@@ -84,3 +84,134 @@ def test_out_of_memory_is_retried_with_half_the_micro_batch_and_the_same_steps(
     # the retried job is finished: the same sweep run again skips it (and retries nothing)
     assert _sweep(monkeypatch, tmp_path / "retried", [*SMALL, FAULT]) == 0
     assert _run(tmp_path / "retried")[1]["attempts"] == state["attempts"]
+
+
+def _single(monkeypatch: pytest.MonkeyPatch, run_dir: Path, args: list[str]) -> int:
+    """`vitlab-train <args>` (a single run) in this process; its exit code."""
+    from vitlab.cli import train as train_cli
+
+    monkeypatch.setattr(sys, "argv", ["vitlab-train", *args, f"hydra.run.dir={run_dir}"])
+    GlobalHydra.instance().clear()
+    try:
+        train_cli.main()
+        return 0
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_a_crash_is_retried_with_the_same_settings_until_no_retry_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug at step 5 in every attempt: the retry continues from step 4 with micro-batch 32 unchanged, crashes
+    again, and the job is failed for good with retries=1 (the sweep then exits 1, as without retries)."""
+    monkeypatch.setenv("VITLAB_TEST_FAULT", "crash:5")
+    assert _sweep(monkeypatch, tmp_path / "sweep", [*SMALL, FAULT]) == 1
+    run_dir = tmp_path / "sweep" / "0"
+    results, state = (json.loads((run_dir / name).read_text()) for name in ("results.json", "run.json"))
+    assert results["status"] == "failed" and "injected crash at step 5" in results["error"]
+    assert (results["retries"], results["micro_batch"], results["accumulate_grad_batches"]) == (1, 32, 1)
+    assert [(a["status"], a.get("retried")) for a in state["attempts"]] == [("failed", "crash"), ("failed", None)]
+    assert state["attempts"][1]["resumed_from"]["global_step"] == 4 and state["batch_split"] == 1
+
+
+def test_a_single_run_retries_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A single run is not retried by default (it exits 1 at once); with sweep.retries=1 a crash that does not
+    come back (once) is retried and the run ends ok."""
+    monkeypatch.setenv("VITLAB_TEST_FAULT", "crash:5")
+    args = [*SMALL, "trainer.max_epochs=1", FAULT]
+    assert _single(monkeypatch, tmp_path / "plain", args) == 1
+    assert len(json.loads((tmp_path / "plain" / "run.json").read_text())["attempts"]) == 1
+
+    monkeypatch.setenv("VITLAB_TEST_FAULT_ONCE", str(tmp_path / "fired"))
+    assert _single(monkeypatch, tmp_path / "asked", [*args, "sweep.retries=1"]) == 0
+    results = json.loads((tmp_path / "asked" / "results.json").read_text())
+    assert results["status"] == "ok" and results["retries"] == 1 and results["micro_batch"] == 32
+
+
+def test_bad_input_is_never_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ConfigError during training is a user error: failed at once, one attempt, retries=0."""
+    monkeypatch.setenv("VITLAB_TEST_FAULT", "config:2")
+    assert _sweep(monkeypatch, tmp_path / "sweep", [*SMALL, "trainer.max_epochs=1", FAULT]) == 1
+    run_dir = tmp_path / "sweep" / "0"
+    results, state = (json.loads((run_dir / name).read_text()) for name in ("results.json", "run.json"))
+    assert results["status"] == "failed" and "injected bad input" in results["error"] and results["retries"] == 0
+    assert len(state["attempts"]) == 1 and "retried" not in state["attempts"][0]
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "true", "many"])
+def test_bad_sweep_retries_are_refused(value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """One paragraph naming the key and what it allows, exit 2, nothing trained."""
+    assert _single(monkeypatch, tmp_path / "run", [*TINY, f"sweep.retries={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.retries=" in err and "whole number >= 0" in err and "null" in err
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_retried_run_keeps_its_split_when_continued_and_refuses_a_users_batch(tmp_path: Path) -> None:
+    """run.json's batch_split is the run's own: `resume=` with the run's overrides loads half the batch with twice
+    the accumulation (and integer batch counts doubled); a user's data.batch_size is another experiment."""
+    from conftest import compose_cfg
+    from vitlab.cli.in_place import apply_attempt, open_attempt
+    from vitlab.errors import ConfigError
+    from vitlab.runs.state import RunState
+
+    run_dir, overrides = tmp_path / "run", ["data.batch_size=32", "+trainer.limit_train_batches=3"]
+    state = RunState(overrides=overrides, batch_split=2)
+    state.begin(None)
+    state.end("failed", 1.0)
+    state.write(run_dir)
+    attempt = open_attempt(run_dir, overrides)
+    attempt.release()
+    cfg = compose_cfg([*TINY, *overrides])
+    apply_attempt(cfg, attempt)
+    assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, cfg.trainer.limit_train_batches) == (16, 2, 6)
+    with pytest.raises(ConfigError, match="holds another experiment"):
+        open_attempt(run_dir, ["data.batch_size=16", "+trainer.limit_train_batches=3"])
+
+
+@pytest.mark.slow  # vitlab-reproduce starts a vitlab-train -m process, which the fault kills
+def test_reproduce_relaunches_a_group_whose_job_was_killed_and_the_job_continues_with_half_the_batch(
+    tmp_path: Path,
+) -> None:
+    """The host's OOM killer (SIGKILL at step 3 of 6, after the checkpoint at step 2) takes the whole
+    `vitlab-train -m` with it; vitlab-reproduce launches the group again and the job continues in place with
+    micro-batch 16 and accumulation 2: ok, 6 optimiser steps, retries=1."""
+    import yaml
+
+    from conftest import run_cli
+
+    smoke = [o for o in SMALL if "enable_progress_bar" not in o and o not in ("trainer.max_epochs=2", "test=false")]
+    smoke += ["data.num_workers=0", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1"]
+    table = {
+        "paper": "demo",
+        "table": "killed",
+        "title": "A table whose run is killed once",
+        "source": "made up for the test",
+        "metric": "test/acc",
+        "datasets": [{"name": "digits", "label": "digits (test)", "overrides": []}],
+        "scales": {"smoke": {"seeds": [0], "overrides": smoke}},
+        "rows": [{"name": "vit", "label": "ViT", "overrides": [FAULT]}],
+    }
+    path = tmp_path / "tables" / "demo" / "killed.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(table, sort_keys=False))
+    env = {
+        "PYTHONPATH": str(Path(__file__).parent),
+        "VITLAB_TEST_FAULT": "sigkill:3",
+        "VITLAB_TEST_FAULT_ONCE": str(tmp_path / "fired"),
+    }
+    run = run_cli("reproduce", [f"table={path}", "scale=smoke"], tmp_path / "logs", env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (tmp_path / "fired").exists() and ": ok 1/1" in run.stdout
+    group = tmp_path / "logs" / "reproduce" / "demo" / "killed" / "smoke" / "vit" / "digits"
+    assert "was killed (exit -9); retry 1 of 1 with half the micro-batch" in (group / "launch.log").read_text()
+    results = json.loads((group / "seed0" / "results.json").read_text())
+    state = json.loads((group / "seed0" / "run.json").read_text())
+    assert results["status"] == "ok" and results["retries"] == 1 and results["resumed"] == 1
+    assert (results["micro_batch"], results["accumulate_grad_batches"]) == (16, 2)
+    assert [(a["status"], a.get("retried")) for a in state["attempts"]] == [("killed", "oom"), ("ok", None)]
+    assert state["attempts"][1]["resumed_from"]["global_step"] == 2
+    ckpt = torch.load(group / "seed0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 6

@@ -10,6 +10,7 @@ and configured by the environment, so the run's overrides (its run.json) are the
         oom      raise torch.OutOfMemoryError (what CUDA raises) while the per-device micro-batch is larger than
                  VITLAB_TEST_FAULT_ABOVE (unset: whatever the micro-batch)
         crash    raise RuntimeError (a bug), in every attempt that reaches the step
+        config   raise vitlab.errors.ConfigError (bad input), in every attempt that reaches the step
         sigkill  SIGKILL the process group (the host's out-of-memory killer), once: VITLAB_TEST_FAULT_ONCE=<file>
                  is created first, and no fault fires while it exists
 """
@@ -46,5 +47,9 @@ class FaultAtStep(pl.Callback):
             raise torch.OutOfMemoryError(f"CUDA out of memory (injected at step {self.step}, micro-batch {micro})")
         if self.kind == "crash":
             raise RuntimeError(f"injected crash at step {self.step}")
+        if self.kind == "config":
+            from vitlab.errors import ConfigError
+
+            raise ConfigError(f"data.root=/nowhere: injected bad input at step {self.step}")
         if self.kind == "sigkill":
             os.killpg(os.getpgid(0), signal.SIGKILL)

@@ -190,7 +190,8 @@ def run_rows(spec: TableSpec, opts: Options, extra: list[str], td: Path, wandb: 
         for part in parts:
             (command,) = multirun_commands(part, td)  # a group differs only in its seed: one multirun
             log = "launch.log" if opts.parallel == 1 else f"launch.seed{part[0].seed}.log"
-            units.append((group, part, Launch(command + wandb_args, td / group / log, threads)))
+            runs = tuple(job.run_dir(td) for job in part)  # a job killed mid-attempt is retried (docs/runs.md#retries)
+            units.append((group, part, Launch(command + wandb_args, td / group / log, threads, runs)))
     if opts.dry_run:
         for *_, launch in units:
             print(shell_line(launch.args))

@@ -5,6 +5,11 @@ whatever launcher the overrides pick (the local one, `hydra/launcher=submitit_lo
 and a crash in one group cannot take the table down. `vitlab-train` writes each job's `results.json` itself,
 failures included; a group whose overrides do not even compose never starts, so its jobs get a failed
 `results.json` here instead, which the table shows and the next run retries.
+
+A launch that ends non-zero with a job killed in the middle of an attempt (the host's out-of-memory killer's
+SIGKILL takes the whole `vitlab-train -m` process with it) is started again, up to the job's `sweep.retries`,
+and the job continues in place; a SIGKILL counts as out of memory: half the micro-batch, twice the
+accumulation (docs/runs.md#retries). Jobs that crash inside the process are retried by `vitlab-train` itself.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from vitlab.console import console_script
 from vitlab.reproduce.jobs import Job, job_status
 from vitlab.runs.files import RESULTS_FILE, write_json
+from vitlab.runs.state import RunState, is_running
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -51,6 +57,7 @@ class Launch:
     args: list[str]
     log: Path
     threads: int | None = None
+    run_dirs: tuple[Path, ...] = ()  # its jobs' run directories: a job killed mid-attempt is retried
 
     def command(self) -> list[str]:
         return [*console_script("vitlab-train"), "-m", *self.args]
@@ -113,6 +120,9 @@ def run_side_by_side(
                 if code is None:
                     continue
                 del running[index]
+                if code and not received and retry_killed(launches[index], code):
+                    waiting.insert(0, index)  # again, first: the killed job continues in place
+                    continue
                 results[index] = (code, time.time() - began)
                 if finished is not None:
                     finished(index, *results[index])
@@ -124,6 +134,49 @@ def run_side_by_side(
     if received:
         raise Interrupted(received[0], next((code for code, _ in results.values() if code), 0))
     return [results[i] for i in range(len(launches))]
+
+
+def retry_killed(launch: Launch, code: int) -> bool:
+    """Whether `launch` (ended with `code`) runs again: one of its jobs was killed mid-attempt (run.json's latest
+    attempt never ended) and has a retry left. The retry is recorded in its run.json, why in the launch log."""
+    lines = [line for run_dir in launch.run_dirs if (line := _retry_killed_job(run_dir, code))]
+    if lines:
+        with open(launch.log, "a") as out:
+            out.writelines(f"vitlab-reproduce: {line}\n" for line in lines)
+    return bool(lines)
+
+
+def _retry_killed_job(run_dir: Path, code: int) -> str | None:
+    import yaml
+
+    state = RunState.read(run_dir)
+    if state is None or not state.attempts or "ended" in state.attempts[-1] or is_running(run_dir):
+        return None  # finished, failed (retried in its process), or never started: nothing killed here
+    try:
+        cfg = yaml.safe_load((run_dir / "config_resolved.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    budget = (cfg.get("sweep") or {}).get("retries")
+    budget = 1 if budget is None else int(budget)  # a job of a sweep: sweep.retries=null is 1
+    if state.retries >= budget:
+        return None
+    killed = code == -signal.SIGKILL
+    halve = killed and _can_halve(cfg)
+    state.retry("oom" if killed else "crash", halve)
+    state.write(run_dir)
+    how = " with half the micro-batch and twice the accumulation" if halve else ""
+    return f"{run_dir} was killed (exit {code}); retry {state.retries} of {budget}{how}, continuing in place"
+
+
+def _can_halve(cfg: dict) -> bool:
+    """The killed attempt's per-device micro-batch (data.batch_size / devices x nodes) is even."""
+    trainer = cfg.get("trainer") or {}
+    world = 1
+    for key in ("devices", "num_nodes"):
+        value = trainer.get(key)
+        world *= value if isinstance(value, int) and value > 0 else 1
+    batch = (cfg.get("data") or {}).get("batch_size")
+    return isinstance(batch, int) and batch // world >= 2 and (batch // world) % 2 == 0
 
 
 def group_jobs(jobs: Sequence[Job]) -> dict[str, list[Job]]:
