@@ -4,6 +4,8 @@ Each batch of `n_jobs` trials is asked for (`study.ask(distributions)`), launche
 the basic one, or the SLURM launcher, whose jobs run elsewhere -- and told back: the job's metric (COMPLETE), a
 run stopped by the pruner (PRUNED: vitlab.training.optuna_pruning), anything else (FAIL). The study lives in
 its storage, not in this process: the same command run again continues it, with `n_trials` more (docs/reproduce.md).
+With `hydra.sweeper.workers=N` the launcher gets N worker jobs once instead, each pulling trials until the study
+holds `n_trials` more than at the start (vitlab_optuna.worker, docs/reproduce.md#many-jobs-one-study).
 Settings and search space are checked before the storage is opened (vitlab_optuna.study, vitlab_optuna.space);
 a bad one is one paragraph and exit status 2. A search in which no trial has completed ends in one paragraph and
 exit status 1, naming the study and where the trials' errors are.

@@ -1,4 +1,4 @@
-"""Many jobs, one study: `hydra.sweeper.workers=N` (docs/reproduce.md, "Many jobs, one study"; docs/clusters.md).
+"""Many jobs, one study: `hydra.sweeper.workers=N` (docs/reproduce.md#many-jobs-one-study, docs/clusters.md).
 
 Without it the sweeper asks for a batch of `n_jobs` trials, launches them and waits for the whole batch, so a
 search is as wide as one batch and the slowest trial holds up the rest. With it the sweeper launches N jobs once,
@@ -10,7 +10,8 @@ exclusive `flock` on a file beside the study (`ask_lock_path`), so two workers n
 
 A worker killed mid-trial (`scancel`, a node lost) leaves that trial RUNNING in the study: Optuna's journal
 storage keeps no heartbeat (only its RDB storage does), so nothing marks it FAIL; it counts towards the target
-and the samplers treat it as a trial still under way (docs/reproduce.md says how it shows and how to clear it).
+and the samplers treat it as a trial still under way (docs/reproduce.md#many-jobs-one-study: how it shows, how to
+close it).
 """
 
 from __future__ import annotations
