@@ -43,6 +43,7 @@ bench: install ## benchmarks (~30 min on 2 cores, plus the memory bench): mixers
 	$(BIN)/vitlab-bench overhead
 	$(BIN)/vitlab-bench compile
 	$(BIN)/vitlab-bench memory
+	$(BIN)/vitlab-bench data
 
 gpu-check: install ## every GPU path on one GPU (~8 min) -> outputs/gpu_check/report.md; without CUDA: says so, exits 0
 	$(BIN)/python scripts/gpu_check.py $(ARGS)

@@ -195,22 +195,25 @@ def render(record: dict[str, Any]) -> str:
         f"Training loaders at {opts['img_size']} px, batch {opts['batch_size']}, {opts['images']} JPEGs "
         f"(~375x500, quality 90, {opts['classes']} classes); one pass = one epoch; img/s per worker (the main "
         f"process when workers = 0): median (min–max) of {opts['rounds']} interleaved rounds after "
-        f"{opts['untimed_rounds']} untimed. vs timm: our img/s / timm's within each round.",
+        f"{opts['untimed_rounds']} untimed. vs timm, vs folder: the entry's img/s / timm's, / the `vitlab` folder "
+        "loader's, within each round.",
         "",
-        "| workers | augmentation | cache | entry | img/s per worker | vs timm |",
-        "|---:|---|---|---|---:|---:|",
+        "| workers | augmentation | cache | entry | img/s per worker | vs timm | vs folder |",
+        "|---:|---|---|---|---:|---:|---:|",
     ]
     samples = record["per_worker_img_s"]
     for workers, augment, cache in opts["cells"]:
         cache_label = cache if cache == "warm" or record["cold_cache_dropped"] else "cold (not dropped: not root)"
-        timm = samples.get(f"{workers}/{augment}/{cache}/timm")
+        cell = f"{workers}/{augment}/{cache}"
+        timm, folder = samples.get(f"{cell}/timm"), samples.get(f"{cell}/vitlab")
         for entry in opts["entries"]:
-            name = f"{workers}/{augment}/{cache}/{entry}"
+            name = f"{cell}/{entry}"
             if name not in samples:
                 continue
             vs = ratios(samples[name], timm).fmt(".2f", "×") if timm and entry != "timm" else ""
+            vs_folder = ratios(samples[name], folder).fmt(".2f", "×") if folder and entry == "shards" else ""
             figure = Spread.of(samples[name]).fmt(".1f")
-            lines.append(f"| {workers} | {augment} | {cache_label} | {entry} | {figure} | {vs} |")
+            lines.append(f"| {workers} | {augment} | {cache_label} | {entry} | {figure} | {vs} | {vs_folder} |")
     for entry, reason in record["skipped"].items():
         lines.append(f"\n`{entry}`: {reason}")
     lines += ["", *feed_lines(record)]
