@@ -217,3 +217,40 @@ def wait_for_warning(run_json: Path, pid: int, timeout: float) -> bool:
 def scontrol(*args: str) -> None:
     done = subprocess.run(["scontrol", *args], capture_output=True, text=True)
     assert done.returncode == 0, f"scontrol {' '.join(args)}: {done.stderr}"
+
+
+def test_two_slurm_jobs_pull_trials_from_one_optuna_study_and_a_rerun_continues_it(
+    slurm, job_name: str, tmp_path: Path
+) -> None:
+    """`hydra.sweeper.workers=2`: two SLURM jobs share one study (a journal file) until `n_trials` are started;
+    each trial runs once, in its own `trial_<number>` folder, in one of the two jobs. The same command again
+    continues the study with `n_trials` more (docs/reproduce.md#many-jobs-one-study)."""
+    import optuna
+
+    from vitlab.training.optuna_pruning import open_storage
+
+    sweep = tmp_path / "sweep"
+    short = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=1"]
+    search = [
+        "hparams_search=optuna",
+        "hydra.sweeper.workers=2",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.study_name=w",
+    ]
+    args = [*search, *TINY, *short, *launcher(job_name), f"hydra.sweep.dir={sweep}"]
+    jobs: set[str] = set()
+    for total in (4, 8):
+        finish(start_sweep(args, tmp_path), timeout=420)
+        study = optuna.load_study(study_name="w", storage=open_storage(str(tmp_path / "optuna" / "w.journal")))
+        assert sorted(t.number for t in study.trials) == list(range(total))
+        assert {t.state.name for t in study.trials} == {"COMPLETE"}, [(t.number, t.state.name) for t in study.trials]
+        assert sorted(p.name for p in sweep.glob("trial_*")) == sorted(f"trial_{n}" for n in range(total))
+        for n in range(total):  # each trial ran once: one attempt, in one of this command's SLURM jobs
+            (attempt,) = json.loads((sweep / f"trial_{n}" / "run.json").read_text())["attempts"]
+            assert json.loads((sweep / f"trial_{n}" / "results.json").read_text())["status"] == "ok"
+            jobs.add(str(attempt["slurm_job_id"]))
+        assert sorted(p.name for p in sweep.glob("worker_*")) == ["worker_0", "worker_1"]
+    # submitit's job array: `<array>_<task>`, one task per worker; 2 per command, and nothing else ran a trial
+    submitted = {p.name for p in (sweep / ".submitit").iterdir() if "_" in p.name}  # beside the array's own folder
+    assert len(submitted) == 4 and jobs <= submitted, (jobs, submitted)
+    assert len(jobs) >= 3, (jobs, submitted)  # side by side: both jobs of a command ran trials (here: all four)
