@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -251,6 +252,6 @@ def test_two_slurm_jobs_pull_trials_from_one_optuna_study_and_a_rerun_continues_
             jobs.add(str(attempt["slurm_job_id"]))
         assert sorted(p.name for p in sweep.glob("worker_*")) == ["worker_0", "worker_1"]
     # submitit's job array: `<array>_<task>`, one task per worker; 2 per command, and nothing else ran a trial
-    submitted = {p.name for p in (sweep / ".submitit").iterdir() if "_" in p.name}  # beside the array's own folder
+    submitted = {p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)}
     assert len(submitted) == 4 and jobs <= submitted, (jobs, submitted)
     assert len(jobs) >= 3, (jobs, submitted)  # side by side: both jobs of a command ran trials (here: all four)
