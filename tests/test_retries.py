@@ -217,3 +217,24 @@ def test_reproduce_relaunches_a_group_whose_job_was_killed_and_the_job_continues
     assert state["attempts"][1]["resumed_from"]["global_step"] == 2
     ckpt = torch.load(group / "seed0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 6
+
+
+def test_an_optuna_trial_that_ran_out_of_memory_is_retried_and_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vitlab's Optuna sweeper launches trials through Hydra's launcher into train_job: a trial out of memory at
+    step 3 continues with half the micro-batch, and the study is told COMPLETE with the trial's val/acc."""
+    import optuna
+
+    from vitlab.training.optuna_pruning import open_storage
+
+    monkeypatch.setenv("VITLAB_TEST_FAULT", "oom:3")
+    monkeypatch.setenv("VITLAB_TEST_FAULT_ABOVE", "16")
+    args = ["hparams_search=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=retried"]
+    args += [*SMALL, "trainer.max_epochs=1", FAULT, f"paths.log_dir={tmp_path}"]
+    assert _sweep(monkeypatch, tmp_path / "sweep", args) == 0
+    results = json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())
+    assert results["status"] == "ok" and results["retries"] == 1 and results["micro_batch"] == 16
+    study = optuna.load_study(study_name="retried", storage=open_storage(str(tmp_path / "optuna" / "retried.journal")))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    assert study.trials[0].value == pytest.approx(results["val/acc"])
