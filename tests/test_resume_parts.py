@@ -122,6 +122,29 @@ def test_augmentation_depends_on_the_sample_seed_not_on_history() -> None:
     assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]  # put back
 
 
+class _Noisy(torch.utils.data.Dataset):
+    """Draws from all three generators, as augmentations do."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([i, torch.rand(()).item(), random.random(), float(np.random.rand())], dtype=torch.float64)
+
+
+def test_loader_workers_draw_what_the_main_process_draws() -> None:
+    """Workers skip putting the generators back after a sample (nothing else draws there, every sample seeds
+    them first): the samples must stay those the main process draws, where the states are put back."""
+    sampler = EpochSampler(_Noisy(), 4, seed=3)
+    batches = {
+        workers: torch.cat(
+            list(ResumableLoader(SeededSamples(_Noisy()), sampler=sampler, batch_size=4, num_workers=workers))
+        )
+        for workers in (0, 2)
+    }
+    assert batches[0].shape == (24, 4) and torch.equal(batches[0], batches[2])
+
+
 class FakeTrainer:
     """What `LastCheckpoint.save` uses of a trainer; `payload` is written, `fail_after` bytes then an error."""
 
