@@ -20,7 +20,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from conftest import compose_cfg
 from hydra_plugins.vitlab_optuna import space, study
 from hydra_plugins.vitlab_optuna.config import PrunerConf, SamplerConf
-from hydra_plugins.vitlab_optuna.sweeper import ENV_OVERRIDE, VitlabOptunaSweeper, outcome
+from hydra_plugins.vitlab_optuna.sweeper import ENV_OVERRIDE, outcome
+from hydra_plugins.vitlab_optuna.worker import trial_overrides
 from vitlab.training.optuna_pruning import Pruned, make_pruner, open_storage
 
 
@@ -154,7 +155,7 @@ def test_a_trial_run_gets_its_study_and_number_as_one_hydra_env_override(tmp_pat
         {"optim.lr": FloatDistribution(1e-4, 1e-2, log=True), "flag": CategoricalDistribution([True])}
     )
     job_spec = {"storage": str(tmp_path / "o'dd" / "s.journal"), "study": "s", "pruner": {"name": "none"}}
-    overrides = VitlabOptunaSweeper()._overrides(trial, {"seed": "3"}, {**job_spec, "monitor": "val/acc"})
+    overrides = trial_overrides(trial, {"seed": "3"}, {**job_spec, "monitor": "val/acc"})  # batches and workers
     assert overrides[:3] == [f"optim.lr={trial.params['optim.lr']}", "flag=true", "seed=3"]
     parsed = OverridesParser.create().parse_override(overrides[3])
     assert overrides[3].startswith(ENV_OVERRIDE) and parsed.is_hydra_override()
