@@ -4,5 +4,5 @@ Hydra finds plugins in the `hydra_plugins` namespace package; this one is shippe
 search runs on a current Optuna (>= 4) without hydra-optuna-sweeper, which pins Optuna 2 (docs/reproduce.md,
 "Hyper-parameter search"). `config` registers the sweeper's config (no Optuna import), `space` turns Hydra's
 sweep grammar into Optuna distributions, `study` opens the storage and builds the sampler and pruner, `sweeper`
-asks, launches and tells.
+asks, launches and tells, and `worker` is a job that pulls trials from the study itself (`hydra.sweeper.workers`).
 """
