@@ -323,6 +323,11 @@ def _attempts(cfg: DictConfig, attempt: Attempt, budget: int) -> dict[str, Any]:
         except SystemExit:  # a single run that failed: tried again when a retry is left, else exits as it was
             record = (read_results(run_dir) or {}) if budget else {}
             retry = next_retry(record, job_cfg, done, budget) if record else None
+            if retry is not None and int(record.get("world_size") or 1) > 1:
+                # its process group and ranks live on: only a job of a sweep has them torn down (runner)
+                log.warning("%s: a single run on several processes is not retried in place; continue it with "
+                            "`vitlab-train resume=%s`", run_dir, run_dir)  # fmt: skip
+                retry = None
             if retry is None:
                 raise
         if retry is None:
