@@ -14,6 +14,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+import vitlab.cli.resolvers  # noqa: F401  (the ${vitlab.*} resolvers, as every console script registers them)
 from vitlab.compose import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,3 +104,17 @@ def _restore_environment() -> None:
     for key in set(os.environ) - set(before):
         del os.environ[key]
     os.environ.update(before)
+
+
+@pytest.fixture(scope="session")
+def packed_digits(tmp_path_factory) -> Path:
+    """Digits packed once (`vitlab-data pack data=digits`): a root for `data=shards`."""
+    from omegaconf import OmegaConf
+
+    from vitlab.data.digits import DigitsDataModule
+    from vitlab.data.shards.pack import pack
+
+    out = tmp_path_factory.mktemp("packed") / "digits"
+    source = OmegaConf.to_container(compose_config("train", ["data=digits"]).data, resolve=True)
+    pack(DigitsDataModule(), str(out), source=source, progress=False)  # type: ignore[arg-type]
+    return out

@@ -182,6 +182,8 @@ IMAGE_DEFAULTS = {  # what data/_torchvision.yaml, imagefolder.yaml and tiny_ima
     "mean": [0.485, 0.456, 0.406],
     "std": [0.229, 0.224, 0.225],
     "crop_pct": 1.0,
+    "pin_memory": True,  # since the loader defaults (docs/performance.md, Input pipeline): pinned on CUDA only
+    "prefetch_factor": 2,
 }
 AUGMENT = {"hflip": 0.5, "scale": [0.6, 1.0], "randaugment": None, "color_jitter": None, "random_erasing": 0.0}
 

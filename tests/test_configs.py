@@ -151,14 +151,19 @@ def test_there_are_options_in_every_core_group() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes(group: str, option: str, tmp_path) -> None:
+def test_option_composes(group: str, option: str, tmp_path, request) -> None:
     parent = [PARENT_OF_NESTED[group]] if group in PARENT_OF_NESTED else []
     data_dir = [f"paths.data_dir={tmp_path / 'data'}"] if group == "data" else []
+    if (group, option) == ("data", "shards"):  # sized from a packed set's manifest: it needs one
+        data_dir.append(f"data.root={request.getfixturevalue('packed_digits')}")
     cfg = compose_cfg([*parent, f"{group}={option}", *data_dir])
     assert cfg.model._target_ == "vitlab.models.build.build_classifier"
     choice = cfg.hydra.runtime.choices[group]
     assert choice == option, f"{group}={option} composed, but the config says {group}={choice}"
+    given = {o.partition("=")[0] for o in data_dir}
     for key, value in own_values(group, option).items():  # the option's own settings reach the config
+        if key in given:  # set by this test on the command line
+            continue
         composed = OmegaConf.select(cfg, key, throw_on_missing=False)
         composed = OmegaConf.to_container(composed) if isinstance(composed, DictConfig | ListConfig) else composed
         assert composed == value, f"{group}={option}: {key} is {composed!r}, the option sets {value!r}"

@@ -23,6 +23,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import vitlab.cli.resolvers  # noqa: F401  (registers ${vitlab.*} resolvers before configs compose)
 from vitlab.configs import CONFIG_PATH
 from vitlab.errors import ConfigError
 

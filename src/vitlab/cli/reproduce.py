@@ -31,6 +31,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+import vitlab.cli.resolvers  # noqa: F401  (registers ${vitlab.*} resolvers before configs compose)
 from vitlab.compose import compose_config, compose_error
 from vitlab.configs import config_dir
 from vitlab.errors import ConfigError
