@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
 
 from conftest import TINY
 
@@ -57,8 +58,24 @@ def _run(sweep_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any
     )
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sweep job of SMALL without a fault: the run every retried one must equal."""
+    sweep_dir = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv("VITLAB_TEST_FAULT", raising=False)
+        assert _sweep(monkeypatch, sweep_dir, SMALL) == 0
+    return sweep_dir
+
+
+def _same_weights(ckpt: dict[str, Any], reference_ckpt: dict[str, Any]) -> None:
+    """The same images in every optimiser step: the weights agree up to the order of the sums."""
+    for key, value in reference_ckpt["state_dict"].items():
+        torch.testing.assert_close(ckpt["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_out_of_memory_is_retried_with_half_the_micro_batch_and_the_same_steps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The acceptance test of the OOM retry: OOM at step 5 of 12 (after the checkpoint at step 4, mid-epoch).
     The job ends ok with retries=1, micro-batch 16 and accumulation 2 (global batch 32, as the reference
@@ -66,26 +83,74 @@ def test_out_of_memory_is_retried_with_half_the_micro_batch_and_the_same_steps(
     monkeypatch.setenv("VITLAB_TEST_FAULT", "oom:5")
     monkeypatch.setenv("VITLAB_TEST_FAULT_ABOVE", "16")
     assert _sweep(monkeypatch, tmp_path / "retried", [*SMALL, FAULT]) == 0
-    monkeypatch.delenv("VITLAB_TEST_FAULT")
-    assert _sweep(monkeypatch, tmp_path / "reference", SMALL) == 0
 
     results, state, ckpt = _run(tmp_path / "retried")
-    reference, _, reference_ckpt = _run(tmp_path / "reference")
+    plain, _, reference_ckpt = _run(reference)
     assert results["status"] == "ok" and results["retries"] == 1 and results["resumed"] == 1
     assert (results["micro_batch"], results["accumulate_grad_batches"]) == (16, 2)
-    assert (reference["micro_batch"], reference["accumulate_grad_batches"], reference["retries"]) == (32, 1, 0)
-    assert results["micro_batch"] * results["accumulate_grad_batches"] == reference["micro_batch"]
+    assert (plain["micro_batch"], plain["accumulate_grad_batches"], plain["retries"]) == (32, 1, 0)
+    assert results["micro_batch"] * results["accumulate_grad_batches"] == plain["micro_batch"]
     assert ckpt["global_step"] == reference_ckpt["global_step"] == 12
-    assert results["epochs"] == reference["epochs"] == 2
+    assert results["epochs"] == plain["epochs"] == 2
     first, second = state["attempts"]
     assert first["status"] == "failed" and first["retried"] == "oom" and state["batch_split"] == 2
     assert second["resumed_from"]["global_step"] == 4 and second["status"] == "ok"
-    # the same images in every optimiser step: the weights agree up to the order of the sums
-    for key, value in reference_ckpt["state_dict"].items():
-        torch.testing.assert_close(ckpt["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    _same_weights(ckpt, reference_ckpt)
     # the retried job is finished: the same sweep run again skips it (and retries nothing)
     assert _sweep(monkeypatch, tmp_path / "retried", [*SMALL, FAULT]) == 0
     assert _run(tmp_path / "retried")[1]["attempts"] == state["attempts"]
+
+
+def test_out_of_memory_twice_quarters_the_micro_batch(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sweep.retries=2 and an OOM at step 5 above 8 images: 32 -> 16 -> 8 images a micro-batch, 4 accumulated,
+    the last attempt continuing from the checkpoint of 32-image batches (counters rescaled by 4)."""
+    monkeypatch.setenv("VITLAB_TEST_FAULT", "oom:5")
+    monkeypatch.setenv("VITLAB_TEST_FAULT_ABOVE", "8")
+    assert _sweep(monkeypatch, tmp_path / "retried", [*SMALL, FAULT, "sweep.retries=2"]) == 0
+    results, state, ckpt = _run(tmp_path / "retried")
+    assert (results["retries"], results["micro_batch"], results["accumulate_grad_batches"]) == (2, 8, 4)
+    assert [a.get("retried") for a in state["attempts"]] == ["oom", "oom", None] and state["batch_split"] == 4
+    assert ckpt["global_step"] == 12
+    _same_weights(ckpt, _run(reference)[2])
+
+
+def test_a_crash_before_any_checkpoint_is_retried_from_the_start_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VITLAB_TEST_FAULT", "crash:1")
+    monkeypatch.setenv("VITLAB_TEST_FAULT_ONCE", str(tmp_path / "fired"))
+    assert _sweep(monkeypatch, tmp_path / "sweep", [*SMALL, "trainer.max_epochs=1", FAULT]) == 0
+    results, state, ckpt = _run(tmp_path / "sweep")
+    assert results["status"] == "ok" and (results["retries"], results["resumed"]) == (1, 0)
+    assert [a["resumed_from"] for a in state["attempts"]] == [None, None] and ckpt["global_step"] == 6
+
+
+@pytest.mark.parametrize(
+    ("record", "batch", "expected"),
+    [
+        ({"error": "OutOfMemoryError: CUDA out of memory."}, 32, ("oom", True)),
+        ({"error": "RuntimeError: CUDA error: out of memory"}, 32, ("oom", True)),
+        ({"error": "OutOfMemoryError: CUDA out of memory.", "world_size": 2}, 4, ("oom", True)),
+        ({"error": "OutOfMemoryError: CUDA out of memory.", "world_size": 2}, 6, None),  # 3 a device: odd
+        ({"error": "OutOfMemoryError: CUDA out of memory."}, 1, None),
+        ({"error": "ValueError: a bug"}, 1, ("crash", False)),
+        ({"error": "ValueError: a bug", "traceback": None}, 32, None),  # a user error: no traceback
+        ({"error": "ValueError: a bug", "status": "interrupted"}, 32, None),
+        ({"error": "ValueError: a bug", "status": "pruned"}, 32, None),
+    ],
+)
+def test_which_failure_is_retried_and_how(record: dict[str, Any], batch: int, expected: Any) -> None:
+    from conftest import compose_cfg
+    from vitlab.cli.retry import next_retry
+
+    cfg = compose_cfg([*TINY, f"data.batch_size={batch}", "hydra.run.dir=/tmp/run"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = "/tmp/run"  # named in the log lines
+    full = {"status": "failed", "traceback": "Traceback ...", **record}
+    assert next_retry(full, cfg, retries_done=0, budget=1) == expected
+    assert next_retry(full, cfg, retries_done=1, budget=1) is None  # none left
 
 
 def _single(monkeypatch: pytest.MonkeyPatch, run_dir: Path, args: list[str]) -> int:
