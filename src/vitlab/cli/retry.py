@@ -77,6 +77,18 @@ def record_retry(run_dir: Path, why: str, halve: bool) -> int:
     return state.batch_split
 
 
+def free_memory() -> None:
+    """Release what the failed attempt left (its trainer, model and batches are garbage by now) before the next
+    one allocates: the collector for reference cycles, then CUDA's cached blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def retry_line(run_dir: Path, why: str, halve: bool, cfg: DictConfig, attempt_no: int, budget: int) -> str:
     what = "out of memory" if why == "oom" else "crashed"
     how = ""

@@ -306,7 +306,7 @@ def _attempts(cfg: DictConfig, attempt: Attempt, budget: int) -> dict[str, Any]:
     from pytorch_lightning.utilities import rank_zero_only
 
     from vitlab.cli.in_place import apply_attempt, attempt_options, open_attempt
-    from vitlab.cli.retry import next_retry, record_retry, retry_line
+    from vitlab.cli.retry import free_memory, next_retry, record_retry, retry_line
     from vitlab.cli.runner import run_task
     from vitlab.runs.files import read_results
     from vitlab.runs.state import task_overrides
@@ -333,6 +333,7 @@ def _attempts(cfg: DictConfig, attempt: Attempt, budget: int) -> dict[str, Any]:
         if retry is None:
             return record
         why, halve = retry
+        free_memory()
         record_retry(run_dir, why, halve)
         log.warning("%s", retry_line(run_dir, why, halve, job_cfg, done + 1, budget))
         try:
