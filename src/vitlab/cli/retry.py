@@ -11,13 +11,19 @@ they are not crashes.
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vitlab.cli.in_place import Attempt
 
 log = logging.getLogger("vitlab")
 DEFAULT_SWEEP_RETRIES = 1  # sweep.retries=null: a job of a sweep is tried once more, a single run is not
@@ -99,3 +105,49 @@ def retry_line(run_dir: Path, why: str, halve: bool, cfg: DictConfig, attempt_no
             "(the same images per optimiser step)"
         )
     return f"{run_dir} {what}; retry {attempt_no} of {budget}{how}, continuing in place"
+
+
+def run_attempts(cfg: DictConfig, attempt: Attempt, budget: int, task: Callable[..., None]) -> dict[str, Any]:
+    """Run the job (`task(cfg, record, attempt=...)`, i.e. `vitlab.cli.train.train`); while it crashes and
+    `budget` retries remain, run it again in place, each attempt from a fresh copy of the job's config with the
+    run's micro-batch split applied. The last attempt's record; a single run that failed for good exits
+    non-zero, as without retries."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from vitlab.cli.in_place import apply_attempt, attempt_options, open_attempt
+    from vitlab.cli.runner import is_multirun, report, run_task
+    from vitlab.runs.files import read_results
+    from vitlab.runs.state import task_overrides
+
+    run_dir = Path(cfg.paths.output_dir)
+    budget = budget if rank_zero_only.rank == 0 else 0  # DDP ranks > 0 follow rank 0's attempts
+    while True:
+        job_cfg = copy.deepcopy(cfg)
+        apply_attempt(job_cfg, attempt)
+        done = attempt.state.retries if attempt.state is not None else 0
+        try:
+            record = run_task(job_cfg, functools.partial(task, attempt=attempt), attempt)
+            retry = next_retry(record, job_cfg, done, budget)
+        except SystemExit:  # a single run that failed: tried again when a retry is left, else exits as it was
+            record = (read_results(run_dir) or {}) if budget else {}
+            retry = next_retry(record, job_cfg, done, budget) if record else None
+            if retry is not None and int(record.get("world_size") or 1) > 1:
+                # its process group and ranks live on: only a job of a sweep has them torn down (runner)
+                log.warning("%s: a single run on several processes is not retried in place; continue it with "
+                            "`vitlab-train resume=%s`", run_dir, run_dir)  # fmt: skip
+                retry = None
+            if retry is None:
+                raise
+        if retry is None:
+            return record
+        why, halve = retry
+        free_memory()
+        record_retry(run_dir, why, halve)
+        log.warning("%s", retry_line(run_dir, why, halve, job_cfg, done + 1, budget))
+        try:
+            attempt = open_attempt(run_dir, task_overrides(), **attempt_options(cfg))
+        except ConfigError as exc:  # e.g. its last.ckpt cannot be read: the failure stands, as recorded
+            report(str(exc), user_error=True)
+            if not is_multirun():
+                raise SystemExit(2) from None
+            return record

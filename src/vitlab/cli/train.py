@@ -10,7 +10,6 @@ vitlab-train ckpt_path=<a checkpoint>         # a new run, warm-started from a c
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import sys
@@ -260,7 +259,7 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | Exception | None:
     multirun goes on, then exits non-zero)."""
     from vitlab.cli.in_place import RunFinished, attempt_options, open_attempt
     from vitlab.cli.resume import check_same_data
-    from vitlab.cli.retry import retry_budget
+    from vitlab.cli.retry import retry_budget, run_attempts
     from vitlab.cli.runner import configure_wandb, is_multirun, pin_run_dir_for_ddp, report
     from vitlab.cli.slurm import match_threads_to_allocation
     from vitlab.runs.files import read_results
@@ -286,7 +285,7 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | Exception | None:
         if not is_multirun():
             raise SystemExit(2) from None
         return None
-    record = _attempts(cfg, attempt, budget)
+    record = run_attempts(cfg, attempt, budget, train)  # retried in place while it crashes (docs/runs.md#retries)
     if record.get("status") == "failed":
         failures.append(str(cfg.paths.output_dir))
         return None  # no metric: a sweeper records the trial as failed (Optuna: FAIL), even if val/acc was measured
@@ -295,56 +294,6 @@ def train_job(cfg: DictConfig, failures: list[str]) -> float | Exception | None:
 
         return Pruned(record["error"])
     return record.get(metric)
-
-
-def _attempts(cfg: DictConfig, attempt: Attempt, budget: int) -> dict[str, Any]:
-    """Run the job; while it crashes and `budget` retries remain, run it again in place (docs/runs.md#retries):
-    each attempt from a fresh copy of the job's config, with the run's micro-batch split applied. The last
-    attempt's record; a single run that failed for good exits non-zero as without retries."""
-    import copy
-
-    from pytorch_lightning.utilities import rank_zero_only
-
-    from vitlab.cli.in_place import apply_attempt, attempt_options, open_attempt
-    from vitlab.cli.retry import free_memory, next_retry, record_retry, retry_line
-    from vitlab.cli.runner import run_task
-    from vitlab.runs.files import read_results
-    from vitlab.runs.state import task_overrides
-
-    run_dir = Path(cfg.paths.output_dir)
-    budget = budget if rank_zero_only.rank == 0 else 0  # DDP ranks > 0 follow rank 0's attempts
-    while True:
-        job_cfg = copy.deepcopy(cfg)
-        apply_attempt(job_cfg, attempt)
-        done = attempt.state.retries if attempt.state is not None else 0
-        try:
-            record = run_task(job_cfg, functools.partial(train, attempt=attempt), attempt)
-            retry = next_retry(record, job_cfg, done, budget)
-        except SystemExit:  # a single run that failed: tried again when a retry is left, else exits as it was
-            record = (read_results(run_dir) or {}) if budget else {}
-            retry = next_retry(record, job_cfg, done, budget) if record else None
-            if retry is not None and int(record.get("world_size") or 1) > 1:
-                # its process group and ranks live on: only a job of a sweep has them torn down (runner)
-                log.warning("%s: a single run on several processes is not retried in place; continue it with "
-                            "`vitlab-train resume=%s`", run_dir, run_dir)  # fmt: skip
-                retry = None
-            if retry is None:
-                raise
-        if retry is None:
-            return record
-        why, halve = retry
-        free_memory()
-        record_retry(run_dir, why, halve)
-        log.warning("%s", retry_line(run_dir, why, halve, job_cfg, done + 1, budget))
-        try:
-            attempt = open_attempt(run_dir, task_overrides(), **attempt_options(cfg))
-        except ConfigError as exc:  # e.g. its last.ckpt cannot be read: the failure stands, as recorded
-            from vitlab.cli.runner import is_multirun, report
-
-            report(str(exc), user_error=True)
-            if not is_multirun():
-                raise SystemExit(2) from None
-            return record
 
 
 def _optimised_metric(cfg: DictConfig) -> str:
