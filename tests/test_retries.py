@@ -153,6 +153,35 @@ def test_which_failure_is_retried_and_how(record: dict[str, Any], batch: int, ex
     assert next_retry(full, cfg, retries_done=1, budget=1) is None  # none left
 
 
+@pytest.mark.parametrize(("n", "world"), [(210, 1), (210, 2), (100, 2), (7, 1)])
+def test_a_split_epoch_gives_every_optimiser_step_the_images_of_its_whole_batch(n: int, world: int) -> None:
+    """Micro-batches of half the size, two per original batch: every optimiser step sees the same images over
+    all ranks (each rank may hold others of them), and a tail longer than half a batch (210 = 6 x 32 + 18) adds
+    no micro-batch. A set smaller than one batch (7) is split too, dropping at most split - 1 images a rank."""
+    from torch.utils.data import TensorDataset
+
+    from vitlab.data.sampling import EpochSampler
+
+    def per_step(per_rank_batch: int, split: int) -> list[set[int]]:
+        steps: list[set[int]] = []
+        for rank in range(world):
+            sampler = EpochSampler(data, per_rank_batch, num_replicas=world, rank=rank, seed=3, split=split)
+            sampler.set_epoch(1)
+            images, size = [i for i, _ in sampler], sampler.rank_batch * split
+            for k in range(0, len(images), size):
+                if k // size == len(steps):
+                    steps.append(set())
+                steps[k // size] |= set(images[k : k + size])
+        return steps
+
+    data = TensorDataset(torch.arange(n))
+    whole, halves = per_step(32 // world, 1), per_step(16 // world, 2)
+    if n >= 32:
+        assert halves == whole and len(whole) == n // 32
+    else:
+        assert halves[0] <= whole[0] and len(whole[0]) - len(halves[0]) < 2 and len(halves) == 1
+
+
 def _single(monkeypatch: pytest.MonkeyPatch, run_dir: Path, args: list[str]) -> int:
     """`vitlab-train <args>` (a single run) in this process; its exit code."""
     from vitlab.cli import train as train_cli
