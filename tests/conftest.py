@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -104,6 +105,21 @@ def _restore_environment() -> None:
     for key in set(os.environ) - set(before):
         del os.environ[key]
     os.environ.update(before)
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_of_closed_streams() -> None:
+    """An in-process Hydra job configures logging with handlers on the sys.stdout/stderr of its moment, which in
+    a test is pytest's capture, closed when that test ends. A later test logging through such a handler gets
+    logging's "--- Logging error --- ValueError: I/O operation on closed file" on its stderr: drop them first."""
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
