@@ -85,7 +85,9 @@ class ShardsDataModule(ImageDataModule):
     def _paths(self, split: str) -> list[str]:
         shards = self.manifest["splits"][split]["shards"]
         paths = [check_shard_file(self.store, shard) for shard in shards]
-        if self.verify != "size":
+        # one process per node hashes (the node's copy); its other ranks would read the same bytes again
+        first_on_node = self.trainer is None or getattr(self.trainer, "local_rank", 0) == 0
+        if self.verify != "size" and first_on_node:
             verified = self._verified()
             for path, shard in zip(paths, shards, strict=True):
                 self._check_sha256(Path(path), shard, verified)
