@@ -70,8 +70,25 @@ def run_config(cfg: DictConfig) -> DictConfig:
     return merged
 
 
+def load_trained(cfg: DictConfig) -> tuple[Any, Any]:
+    """(module, datamodule) of a `run_config` config, the checkpoint's weights loaded (`weights_only=True`), in
+    eval mode: what the probes and analyses look at without a Lightning test loop."""
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule.num_classes)
+    module.load_state_dict(read_checkpoint(cfg.ckpt_path)["state_dict"])
+    return module.eval(), datamodule
+
+
 def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
     cfg = run_config(cfg)
+    if cfg.get("probe"):  # vitlab-eval probe=fewshot: n-shot linear evaluation of the frozen features
+        from vitlab.cli.eval_probe import run_probe
+
+        return run_probe(cfg, record, load_trained)
+    if cfg.get("analyse"):  # vitlab-eval analyse=attention: attention maps, rollout, implied matrices
+        from vitlab.cli.eval_analyse import run_analysis
+
+        return run_analysis(cfg, record, load_trained)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.num_classes)
     record.update(param_counts(module.model))
