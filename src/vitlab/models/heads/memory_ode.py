@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from vitlab.errors import ConfigError
 from vitlab.models.geometry import TokenGeometry
 from vitlab.models.heads.linear import Pool, pool_tokens
-from vitlab.models.heads.ode_solvers import check_solver, integrate
+from vitlab.models.heads.ode_solvers import FIXED_GRID, check_solver, integrate
 
 INHIBITIONS = ("per_neuron", "shared", "unconstrained", "fixed")
 VARIANTS = ("canonical", "feedback", "adaptation")
@@ -176,6 +176,31 @@ class MemoryODEHead(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.fc(self.drop(self.solve(self.drive(tokens))))
+
+    def trajectory(self, gamma: Tensor, points: int = 21) -> tuple[Tensor, Tensor]:
+        """(times (P,), states y(t) (P, B, H)) from t = 0 to T for inputs γ (B, H): the pictures of the memory.
+
+        A fixed-grid solver is stepped one step at a time with the same Δt = T/steps that `solve` uses, so the
+        last state is `solve(gamma)` bit for bit and P = steps + 1 (`points` is ignored). An adaptive solver
+        reports torchdiffeq's solution at `points` equally spaced times (its last one is y(T) within rtol/atol).
+        `solve` itself is untouched: training never pays for the recording.
+        """
+        with torch.autocast(device_type=gamma.device.type, enabled=False):
+            gamma = gamma.float() if gamma.dtype in (torch.float16, torch.bfloat16) else gamma
+            width = self.field.width
+            state = torch.cat([gamma.new_zeros(gamma.shape[0], self.field.state_width - width), gamma], dim=1)
+            if self.solver in FIXED_GRID:
+                dt, states = self.horizon / self.steps, [state]
+                for _ in range(self.steps):
+                    states.append(integrate(self.field, states[-1], dt, 1, self.solver))
+                times = torch.arange(self.steps + 1, dtype=torch.float64) * dt
+                return times, torch.stack(states)[..., :width]
+            import torchdiffeq
+
+            times = torch.linspace(0.0, self.horizon, max(int(points), 2), dtype=state.dtype, device=state.device)
+            path = torchdiffeq.odeint(lambda t, y: self.field(y), state, times, method=self.solver, rtol=self.rtol,
+                                      atol=self.atol)  # fmt: skip
+            return times.double().cpu(), path[..., :width]
 
     def inhibition(self) -> Tensor:
         """The learned a per memory neuron (H,), detached, for logging its distribution."""
