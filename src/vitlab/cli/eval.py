@@ -4,6 +4,10 @@ The architecture and data come from the config stored in the checkpoint, so a ch
 
     vitlab-eval ckpt_path=outputs/runs/<date>/<time>_train/checkpoints/epoch_007.ckpt
     vitlab-eval ckpt_path=... data=cifar10 data.batch_size=256   # evaluate on another data config
+    vitlab-eval ckpt_path=... eval.tta=flip                       # average the logits of each image and its mirror
+
+Besides results.json (top-1, top-5 where K > 5, NLL, ECE, balanced accuracy) it writes metrics/test.json (per-class
+accuracy, confusion matrix, reliability bins) and figures/{confusion_matrix,reliability}.png: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from vitlab.training.components import (
     update_wandb_summary,
 )
 from vitlab.training.interrupts import InterruptGuard
+from vitlab.training.test_report import test_options, write_test_report
 
 log = logging.getLogger("vitlab")
 
@@ -80,26 +85,34 @@ def load_trained(cfg: DictConfig) -> tuple[Any, Any]:
 
 
 def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
+    if cfg.get("analyse"):  # vitlab-eval analyse=attention (before run_config: data.n_images is the analysis's key)
+        from vitlab.cli.eval_analyse import run_analysis
+
+        return run_analysis(cfg, record, lambda analysed: load_trained(run_config(analysed)))
     cfg = run_config(cfg)
     if cfg.get("probe"):  # vitlab-eval probe=fewshot: n-shot linear evaluation of the frozen features
         from vitlab.cli.eval_probe import run_probe
 
         return run_probe(cfg, record, load_trained)
-    if cfg.get("analyse"):  # vitlab-eval analyse=attention: attention maps, rollout, implied matrices
-        from vitlab.cli.eval_analyse import run_analysis
-
-        return run_analysis(cfg, record, load_trained)
+    tta, figures = test_options(cfg)  # eval.tta, eval.figures: refused here, before the data are read
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.num_classes)
+    module.tta = tta
     record.update(param_counts(module.model))
     trainer = build_trainer(cfg, extra_callbacks=[InterruptGuard()])  # a signal stops it cleanly (non-zero)
     log_config(trainer, cfg)
     metrics = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True, verbose=False)
     record.update({k: float(v) for k, v in (metrics[0] if metrics else {}).items()})
     record["ckpt_path"] = str(cfg.ckpt_path)
+    record["eval/tta"] = tta
+    # per-class accuracy, confusion matrix, reliability bins (metrics/test.json) and the figures (docs/evaluation.md)
+    write_test_report(module, trainer, datamodule, cfg.paths.output_dir, figures=figures)
     update_wandb_summary(trainer, record)
     if trainer.is_global_zero:
-        print(f"\ntest/acc = {record['test/acc']:.4f}   (results: {cfg.paths.output_dir}/results.json)")
+        extra = "".join(
+            f"   {k} = {record[k]:.4f}" for k in ("test/acc_top5", "test/nll", "test/ece") if record.get(k) is not None
+        )
+        print(f"\ntest/acc = {record['test/acc']:.4f}{extra}   (results: {cfg.paths.output_dir}/results.json)")
 
 
 def eval_job(cfg: DictConfig, failures: list[str]) -> float | None:

@@ -28,6 +28,7 @@ RULES: dict[str, Rule] = {
     "seed": Rule(int, 0, 2**32 - 1),
     "train": Rule(bool),
     "test": Rule(bool),
+    "eval.figures": Rule(bool),
     "data.img_size": POSITIVE_INT,
     "data.batch_size": POSITIVE_INT,
     "data.num_workers": COUNT,

@@ -25,6 +25,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "module.mixup.mode": ("batch", "pair", "elem"),  # timm Mixup
     "scheduler.decay_fn": (None, *DECAY_FNS),
     "trainer.gradient_clip_algorithm": ("norm", "value"),
+    "eval.tta": ("none", "flip", "multicrop"),  # vitlab.analysis.tta.TTA_MODES (not imported here: it loads torch)
 }
 
 

@@ -1,8 +1,11 @@
 """`ClassificationModule`: the Lightning module that trains any vitlab model.
 
 It owns training concerns only: the loss (cross-entropy with label smoothing; soft-target cross-entropy
-under Mixup/CutMix), torchmetrics top-1/top-5 per stage, the optimiser and a per-step schedule. The model
-is a plain `nn.Module` built from config; it is not saved in the hyper-parameters (the resolved config is).
+under Mixup/CutMix), torchmetrics top-1/top-5 for training and validation, the optimiser and a per-step schedule.
+The test stage keeps every test logit (gathered over processes) and reports what papers report from them
+(`vitlab.analysis.classification_metrics`; docs/evaluation.md), optionally averaged over test-time views
+(`tta`). The model is a plain `nn.Module` built from config; it is not saved in the hyper-parameters (the
+resolved config is).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from vitlab.analysis.classification_metrics import TOP_K, classification_report
+from vitlab.analysis.tta import check_tta, tta_logits
 from vitlab.errors import NonFiniteLoss
 from vitlab.models.summary import param_counts
 from vitlab.training.constraints import modules_with, project_parameters, regularization_loss
@@ -32,14 +37,12 @@ log = logging.getLogger("vitlab")
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Micro-averaged top-1 and top-5 accuracy (top-5 capped at the class count)."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
-        },
-        prefix=prefix,
-    )
+    """Micro-averaged top-1 accuracy, and top-5 where there are more than 5 classes (with 5 or fewer it is 1 by
+    construction, a number that says nothing)."""
+    metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+    if num_classes > TOP_K:
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=TOP_K, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
 
 
 class ClassificationModule(pl.LightningModule):
@@ -80,7 +83,12 @@ class ClassificationModule(pl.LightningModule):
         self.eval_loss = nn.CrossEntropyLoss()
         self.train_metrics = accuracy_metrics(num_classes, "train/")
         self.val_metrics = accuracy_metrics(num_classes, "val/")
-        self.test_metrics = accuracy_metrics(num_classes, "test/")
+        # the test stage: test-time views (`eval.tta`, set by the CLI), the test logits and labels of this process
+        # while testing, and the full report of the last test (`vitlab.analysis.classification_metrics`)
+        self._tta = "none"
+        self._test_logits: list[Tensor] = []
+        self._test_labels: list[Tensor] = []
+        self.test_report: dict[str, Any] | None = None
         # modules that add a loss penalty or keep a parameter feasible (vitlab.training.constraints)
         self._regularized = modules_with(model, "regularization")
         self._projected = modules_with(model, "project_parameters_")
@@ -145,18 +153,66 @@ class ClassificationModule(pl.LightningModule):
         # constrained parameters stay feasible
         project_parameters(self._projected)
 
-    def _eval_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", self.eval_loss(logits, y), on_epoch=True, sync_dist=True, prog_bar=stage == "val")
-        metrics.update(logits, y)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.log("val/loss", self.eval_loss(logits, y), on_epoch=True, sync_dist=True, prog_bar=True)
+        self.val_metrics.update(logits, y)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metrics)
+    @property
+    def tta(self) -> str:
+        """Test-time augmentation of the test stage: none | flip | multicrop (`vitlab.analysis.tta`)."""
+        return self._tta
+
+    @tta.setter
+    def tta(self, mode: str) -> None:
+        self._tta = check_tta(mode)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_logits, self._test_labels, self.test_report = [], [], None
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metrics)
+        x, y = batch
+        logits = tta_logits(self, x, self._tta)  # the views' mean logits (one view without TTA)
+        self.log("test/loss", self.eval_loss(logits, y), on_epoch=True, sync_dist=True)
+        # kept on the CPU (float32): a 50 000 x 1000 test set is 200 MB there instead of on the accelerator
+        self._test_logits.append(logits.detach().float().cpu())
+        self._test_labels.append(y.detach().cpu())
+
+    def on_test_epoch_end(self) -> None:
+        """The report of the whole test set, on every process (so each logs the same numbers): top-1, top-5
+        (K > 5), balanced accuracy, NLL and ECE go to the loggers and `trainer.test`'s result; the arrays stay
+        in `test_report` for the CLI to write (metrics/test.json, figures)."""
+        gathered = self._gathered_test_outputs()
+        self._test_logits, self._test_labels = [], []
+        if gathered is None:
+            return
+        self.test_report = classification_report(*gathered)
+        for name, value in self.test_report["scalars"].items():
+            # identical on every process: sync_dist only keeps Lightning from warning about an unsynced epoch value
+            self.log(f"test/{name}", value, sync_dist=True)
+
+    def _gathered_test_outputs(self) -> tuple[Tensor, Tensor] | None:
+        """Every process's test logits and labels in the data set's order, each sample once; None without any.
+
+        Under DDP, Lightning's `DistributedSampler` (no shuffle) gives rank r the samples r, r + W, r + 2W, ...
+        and pads the last round with the first samples again so every rank has as many. Stacking the ranks'
+        outputs sample-major restores the order 0, 1, 2, ..., and the padding is the tail past the data set's
+        size, which is cut off (torchmetrics, averaging per process, counts those repeats)."""
+        if not self._test_labels:
+            return None
+        logits, labels = torch.cat(self._test_logits), torch.cat(self._test_labels)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return logits, labels
+        num_classes = logits.shape[1]
+        logits = self.all_gather(logits.to(self.device)).transpose(0, 1).reshape(-1, num_classes).cpu()
+        labels = self.all_gather(labels.to(self.device)).transpose(0, 1).reshape(-1).cpu()
+        size = _test_set_size(self.trainer)
+        if size is not None and size < len(labels) <= size + world - 1:  # the whole set, padded: drop the repeats
+            logits, labels = logits[:size], labels[:size]
+        return logits, labels
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.model, self.hparams.optim)
@@ -193,3 +249,13 @@ class ClassificationModule(pl.LightningModule):
     @torch.no_grad()
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self(batch[0]).softmax(dim=-1)
+
+
+def _test_set_size(trainer: Any) -> int | None:
+    """Samples of the (single) test data set, None when unknown."""
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and len(loaders) == 1 else loaders
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None
