@@ -45,6 +45,15 @@ CALLBACK_RULES: dict[str, Rule] = {
     "callbacks.lr_monitor.log_momentum": FLAG,
     "callbacks.lr_monitor.log_weight_decay": FLAG,
     "callbacks.feature_redraw.seed": Rule(int, 0, 2**32 - 1),
+    # feature probes (vitlab.training.probe_callback, docs/probes.md)
+    "callbacks.probe.every_n_epochs": POSITIVE_INT,
+    "callbacks.probe.k": POSITIVE_INT,
+    "callbacks.probe.temperature": Rule(float, 0, open_low=True),
+    "callbacks.probe.weighted": FLAG,
+    "callbacks.probe.max_train_samples": Rule(int, 1, nullable=True),
+    "callbacks.probe.max_eval_samples": Rule(int, 1, nullable=True),
+    "callbacks.probe.linear": FLAG,
+    "callbacks.probe.linear_c": Rule(float, 0, open_low=True),
 }
 # what vitlab logs (vitlab.training.module; dynamics/* from the dynamics monitor on ODE models)
 METRICS = ("val/acc", "val/acc_top5", "val/loss", "train/acc", "train/loss", "train/reg_loss")

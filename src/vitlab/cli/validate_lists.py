@@ -74,6 +74,7 @@ LIST_RULES: dict[str, ListRule] = {
         Rule(float, 0, 1, open_low=True), "[0.2,0.8]", 2, ordered=True, nullable=True
     ),
     "scheduler.decay_milestones": ListRule(Rule(int, 0), "[30,60,90]", min_length=1, ordered=True),
+    "probe.shots": ListRule(POSITIVE_INT, "[1,5,10]", min_length=1, distinct=True),  # vitlab-eval probe=fewshot
 }
 # Lists that are also allowed in another form, checked by their own rules: trainer.devices (a count, -1, auto
 # or a list of indices), data.augment.color_jitter (a number or 3-4 numbers), scheduler.noise.
