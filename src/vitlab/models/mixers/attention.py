@@ -43,6 +43,17 @@ class AttentionKernel(nn.Module):
     def attend_projected(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # pragma: no cover - Linformer only
         raise NotImplementedError
 
+    def implied_attention(self, q: Tensor, k: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """The (B, H, N, N) matrix A with `forward(q, k, v) = A @ v + residual_matrix(N) @ v` in eval mode (no
+        attention dropout): what the kernel's mixing of the values amounts to, computed with the forward's own
+        numerics (docs/attention.md). Every kernel mixes values linearly given q and k, so every kernel has one."""
+        raise NotImplementedError
+
+    def residual_matrix(self, n: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+        """(H, n, n): a fixed linear map of the values the kernel adds besides its attention (Nyström's residual
+        convolution); None for kernels without one."""
+        return None
+
 
 def at_least_fp32(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Upcast half/bfloat16 tensors (kernels with exp or matrix inversion run in fp32; fp64 stays fp64)."""
@@ -96,6 +107,14 @@ class QKVAttention(nn.Module):
         projections = self.kernel.sequence_projections(N, x.dtype) if self.rope is None else None
         if projections is not None:
             return self._forward_projected(x, *projections)
+        q, k, v = self.qkv_heads(x)
+        out = self.kernel(q, k, v).transpose(1, 2).reshape(B, N, self.attn_dim)
+        return self.proj_drop(self.proj(out))
+
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-head (B, H, N, D) queries, keys and values of tokens x as the kernel sees them (q and k rotated when
+        RoPE is installed; (B, 1, N, D) keys/values with `one_kv_head`). Also what `implied_attention` reads."""
+        B, N, _ = x.shape
         # q, k, v from slices of the fused `qkv` weight (timm's parameter, so timm checkpoints load): three
         # products instead of one, but the backward pass then needs no stacking/permuting of activations
         # (measured faster on CPU than both timm's reshape+unbind and a split of the fused output)
@@ -104,8 +123,13 @@ class QKVAttention(nn.Module):
         q, k, v = parts if len(parts) == 3 else (*parts, parts[1])
         if self.rope is not None:
             q, k = self.rope(q, k, self.kernel.rope_offset(N))
-        out = self.kernel(q, k, v).transpose(1, 2).reshape(B, N, self.attn_dim)
-        return self.proj_drop(self.proj(out))
+        return q, k, v
+
+    def implied_attention(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(A, v) for tokens x: the kernel's implied (B, H, N, N) attention and the values it mixes, so that in eval
+        mode `forward(x) = proj(merge_heads(A @ v + R @ v))` with R = `kernel.residual_matrix(N)` (if any)."""
+        q, k, v = self.qkv_heads(x)
+        return self.kernel.implied_attention(q, k), v
 
     def _forward_projected(self, x: Tensor, proj_k: Tensor, proj_v: Tensor) -> Tensor:
         """Linformer without RoPE: Eᵀ(x W_k + b_k) = (Eᵀx) W_k + (Eᵀ1) b_k, so keys and values are computed

@@ -13,6 +13,11 @@ class FNetMixer(nn.Module):
     """y = Re(FFT_seq(FFT_hidden(x))): ViX's `fft(fft(x, dim=-1), dim=-2).real` inside the pre-norm residual."""
 
     has_qk = False
+    # what vitlab-eval analyse=attention says instead of drawing maps: Re(F_N X F_D) mixes channels too, so no one
+    # (N, N) matrix acting on every channel alike stands for it
+    no_attention_matrix = (
+        "FNet mixes tokens with a 2-D Fourier transform over tokens and channels, without an attention matrix"
+    )
 
     def __init__(self, geo: TokenGeometry | None = None) -> None:
         super().__init__()

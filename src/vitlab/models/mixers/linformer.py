@@ -69,6 +69,19 @@ class LinformerKernel(AttentionKernel):
             k, v = k.expand(-1, q.shape[1], -1, -1), v.expand(-1, q.shape[1], -1, -1)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
 
+    def projected_attention(self, q: Tensor, k: Tensor) -> Tensor:
+        """softmax(q (E K)ᵀ / √d): the (B, H, n, k) weights of the queries over the k projected keys (rows sum to 1;
+        SDPA's scale, 1/√d of the query width)."""
+        proj_k, _ = self.sequence_projections(k.shape[-2], k.dtype)
+        keys = self._project(proj_k, k).expand(-1, q.shape[1], -1, -1)  # one_kv_head: one head for all
+        return ((q * q.shape[-1] ** -0.5) @ keys.transpose(-2, -1)).softmax(dim=-1)
+
+    def implied_attention(self, q: Tensor, k: Tensor) -> Tensor:
+        """softmax(q (E K)ᵀ / √d) Fᵀ: the projected attention times the value projection, an (n, n) matrix per head.
+        Its rows sum to the weights times F's column sums, not to 1, and it has negative entries (F is learned)."""
+        _, proj_v = self.sequence_projections(k.shape[-2], k.dtype)
+        return self.projected_attention(q, k) @ proj_v.T
+
     @staticmethod
     def _project(proj: Tensor, t: Tensor) -> Tensor:
         """Eᵀ t along the sequence, done on the (B, n, H·D) token layout (a view when t comes from `qkv`)."""

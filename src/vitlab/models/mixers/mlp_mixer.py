@@ -15,6 +15,8 @@ class TokenMixingMLP(nn.Module):
     """
 
     has_qk = False
+    # what vitlab-eval analyse=attention says instead of drawing maps (the token MLP is not linear in the tokens)
+    no_attention_matrix = "MLP-Mixer mixes tokens with an MLP across the token axis, without an attention matrix"
 
     def __init__(self, geo: TokenGeometry, expansion: float = 1.0, drop: float = 0.0) -> None:
         super().__init__()

@@ -113,22 +113,54 @@ class NystromKernel(AttentionKernel):
         return self.num_landmarks * math.ceil(n / self.num_landmarks) - n
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        n, m = q.shape[-2], self.num_landmarks
-        seg, pad = math.ceil(n / m), self._pad(n)  # front padding, as in ViX / lucidrains
+        n, pad = q.shape[-2], self._pad(q.shape[-2])  # front padding, as in ViX / lucidrains
         # q, k, v arrive as per-head views of the (B, n, H·D) projections; every product below would copy
         # them again (forward and backward), so lay them out per head once
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        if pad and self.padding == "official":
-            values, kernel_1, kernel_2 = self._official_kernels(q, k, v, m, seg, pad)
-        else:
-            values, kernel_1, kernel_2 = self._masked_kernels(q, k, v, m, seg, pad)
+        kernel_1, kernel_2, kernel_3, empty = self._kernels(q, k)
+        values = kernel_3 @ v
+        if empty is not None:
+            # a fully masked row is uniform over all n + pad positions, whose padded values are zero
+            values = torch.where(empty[:, None], v.sum(dim=-2, keepdim=True) / (n + pad), values)
         out = kernel_1 @ (iterative_pinv(kernel_2, self.pinv_iterations, self.pinv_init) @ values)
         if self.res_conv is not None:
             out = out + self._residual(v)  # zero 'same' padding = the code's zero pads in front
         return out
 
-    def _masked_kernels(self, q: Tensor, k: Tensor, v: Tensor, m: int, seg: int, pad: int) -> tuple[Tensor, ...]:
-        """(softmax(Q̃Kᵀ)V, softmax(QK̃ᵀ), softmax(Q̃K̃ᵀ)) with the pads masked out."""
+    def implied_attention(self, q: Tensor, k: Tensor) -> Tensor:
+        """softmax(QK̃ᵀ) · pinv(softmax(Q̃K̃ᵀ)) · softmax(Q̃Kᵀ): the (n, n) matrix of the real tokens, with forward's
+        pinv iterations and padding (pads never get a row or column: their values are zero, so they add nothing;
+        a masked empty landmark's row of the last factor is 1 / (n + pad)). The residual convolution is not part
+        of it: `residual_matrix`. Rows sum to 1 only as far as the pinv inverts softmax(Q̃K̃ᵀ) (row-stochastic,
+        so its inverse maps 1 to 1), and only with `padding: masked` or no padding."""
+        n, pad = q.shape[-2], self._pad(q.shape[-2])
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, k = at_least_fp32(q.contiguous(), k.contiguous())
+            kernel_1, kernel_2, kernel_3, empty = self._kernels(q, k)
+            if empty is not None:
+                kernel_3 = torch.where(empty[:, None], kernel_3.new_tensor(1 / (n + pad)), kernel_3)
+            return kernel_1 @ (iterative_pinv(kernel_2, self.pinv_iterations, self.pinv_init) @ kernel_3)
+
+    def residual_matrix(self, n: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+        """(H, n, n) banded Toeplitz matrices R with R v = `res_conv(v)`: R[h, i, j] = w_h[j − i + K // 2]."""
+        if self.res_conv is None:
+            return None
+        weight = self.res_conv.weight[:, 0, :, 0].to(device, dtype)  # (H, K)
+        size, half = weight.shape[-1], self.res_conv.padding[0]
+        offset = torch.arange(n, device=device)[None, :] - torch.arange(n, device=device)[:, None] + half
+        inside = (offset >= 0) & (offset < size)
+        return torch.where(inside, weight[:, offset.clamp(0, size - 1)], weight.new_zeros(()))
+
+    def _kernels(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(softmax(QK̃ᵀ), softmax(Q̃K̃ᵀ), softmax(Q̃Kᵀ), which landmarks are whole segments of masked pads)."""
+        n, m = q.shape[-2], self.num_landmarks
+        seg, pad = math.ceil(n / m), self._pad(n)
+        if pad and self.padding == "official":
+            return (*self._official_kernels(q, k, m, seg, pad), None)
+        return self._masked_kernels(q, k, m, seg, pad)
+
+    def _masked_kernels(self, q: Tensor, k: Tensor, m: int, seg: int, pad: int) -> tuple[Tensor, ...]:
+        """(softmax(QK̃ᵀ), softmax(Q̃K̃ᵀ), softmax(Q̃Kᵀ), empty) with the pads masked out."""
         n = q.shape[-2]
         counts = self._segment_counts(n, m, seg, pad, q.device)  # real tokens per segment
         divisor = counts[:, None] + self.eps if pad else seg
@@ -142,25 +174,21 @@ class NystromKernel(AttentionKernel):
             big = -torch.finfo(q.dtype).max
             sim1 = sim1.masked_fill(empty, big)
             sim2 = sim2.masked_fill(empty[:, None] | empty[None, :], big)
-        values = sim3.softmax(-1) @ v
-        if empty is not None:
-            # a fully masked row is uniform over all n + pad positions, whose padded values are zero
-            values = torch.where(empty[:, None], v.sum(dim=-2, keepdim=True) / (n + pad), values)
-        return values, sim1.softmax(-1), sim2.softmax(-1)
+        return sim1.softmax(-1), sim2.softmax(-1), sim3.softmax(-1), empty
 
-    def _official_kernels(self, q: Tensor, k: Tensor, v: Tensor, m: int, seg: int, pad: int) -> tuple[Tensor, ...]:
+    def _official_kernels(self, q: Tensor, k: Tensor, m: int, seg: int, pad: int) -> tuple[Tensor, ...]:
         """The same three kernels as the ViX code computes them on its zero-padded sequence.
 
         Pads are zero vectors: they add nothing to the segment sums, which are divided by the full l; each has
         logit 0 against every landmark, so softmax(Q̃Kᵀ) over n + p keys is exp(s) / (Σ exp(s) + p), taken in
-        log space; their zero values add nothing to softmax(Q̃Kᵀ)V. The pads' own query rows are dropped by the
-        code (it keeps the last n outputs) and are never computed here."""
+        log space; their zero values add nothing to softmax(Q̃Kᵀ)V, whose real columns are kept (rows sum to less
+        than 1). The pads' own query rows are dropped by the code (it keeps the last n outputs) and are never
+        computed here."""
         q_land, k_land = self._landmarks(q, k, m, seg, pad, seg)
         sim3 = q_land @ k.transpose(-1, -2)  # (.., m, n) real keys only
         log_norm = torch.logaddexp(sim3.logsumexp(dim=-1, keepdim=True), sim3.new_tensor(math.log(pad)))
-        values = (sim3 - log_norm).exp() @ v
         kernel_1 = (q @ (k_land * self.scale).transpose(-1, -2)).softmax(-1)
-        return values, kernel_1, (q_land @ k_land.transpose(-1, -2)).softmax(-1)
+        return kernel_1, (q_land @ k_land.transpose(-1, -2)).softmax(-1), (sim3 - log_norm).exp()
 
     def _residual(self, v: Tensor) -> Tensor:
         """`res_conv(v)`: the ViX code's (K, 1) convolution over each head's (n, D) plane, with the batch folded

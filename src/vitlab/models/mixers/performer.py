@@ -130,6 +130,14 @@ class PerformerKernel(AttentionKernel):
             out = q_prime @ context
             return (out[..., :-1] / out[..., -1:]).to(dtype)
 
+    def implied_attention(self, q: Tensor, k: Tensor) -> Tensor:
+        """D⁻¹ φ(Q) φ(K)ᵀ: the same features as forward (the keys' stabiliser is a maximum over these keys), each
+        row divided by its sum, so rows sum to 1 and entries are positive."""
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, k = at_least_fp32(q, k)
+            scores = self.features(q, True) @ self.features(k, False).transpose(-2, -1)
+            return scores / scores.sum(dim=-1, keepdim=True)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
         key = prefix + "projection_matrix"

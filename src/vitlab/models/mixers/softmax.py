@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vitlab.errors import ConfigError
 from vitlab.models.geometry import TokenGeometry
-from vitlab.models.mixers.attention import AttentionKernel
+from vitlab.models.mixers.attention import AttentionKernel, at_least_fp32
 
 Impl = Literal["sdpa", "naive"]
 
@@ -29,6 +30,12 @@ class SoftmaxKernel(AttentionKernel):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
         return F.dropout(attn, drop, self.training) @ v
+
+    def implied_attention(self, q: Tensor, k: Tensor) -> Tensor:
+        """softmax(q kᵀ / √d), the naive form's matrix (fp32 at least); rows sum to 1."""
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, k = at_least_fp32(q, k)
+            return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
     def extra_repr(self) -> str:
         return f"impl={self.impl}"
