@@ -20,7 +20,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "ode": ("torchdiffeq", "adaptive solvers of the memory-ODE head (model.head.solver=dopri5, ...)"),
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra/launcher=submitit_slurm|submitit_local"),
     "tensorboard": ("tensorboard", "logger=tensorboard and logger=many"),
-    "plots": ("matplotlib", "the PNG figures of vitlab-reproduce and vitlab-bench"),
+    "plots": ("matplotlib", "vitlab-report, the figures of a run (figures/*.png) and of vitlab-reproduce/bench"),
     "data": ("webdataset", "vitlab-data pack and prepare (webdataset's tar writer; reading shards needs nothing)"),
 }
 
