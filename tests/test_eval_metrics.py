@@ -86,6 +86,15 @@ def test_ece_of_a_small_example_by_hand() -> None:
     assert len(report["reliability"]) == ECE_BINS == 15
 
 
+def test_a_confidence_on_a_bin_edge_falls_in_the_lower_bin() -> None:
+    """Bins are right-closed, ((m-1)/M, m/M] as in Guo et al.: two equal logits give confidence 0.5 exactly, which
+    with 10 bins belongs to (0.4, 0.5], not (0.5, 0.6]; a confidence of 1 to the last bin."""
+    logits = torch.tensor([[0.0, 0.0], [0.0, 0.0], [100.0, 0.0]], dtype=torch.float64)
+    rows = reliability(logits, torch.tensor([0, 1, 0]), bins=10)
+    assert [r["count"] for r in rows] == [0, 0, 0, 0, 2, 0, 0, 0, 0, 1]
+    assert rows[4]["accuracy"] == 0.5 and rows[9]["confidence"] == 1.0
+
+
 def numpy_ece(logits: torch.Tensor, labels: torch.Tensor, bins: int) -> tuple[float, list[int]]:
     """Guo et al. 2017, written out: bins ((m-1)/M, m/M], ECE = sum n_m/n |acc_m - conf_m|."""
     p = softmax(logits)
@@ -242,3 +251,32 @@ def test_train_then_eval_record_the_report_and_draw_the_figures(tmp_path: Path) 
     assert record["eval/tta"] == "flip" and flipped["tta_views"] == 2 and flipped["samples"] == 360
     assert record["test/ece"] == pytest.approx(flipped["scalars"]["ece"], abs=1e-6)
     assert (eval_dir / "figures" / "reliability.png").is_file()
+
+
+@pytest.mark.slow  # starts two training processes (trainer=ddp_cpu)
+def test_under_ddp_every_test_sample_counts_once_as_in_one_process(tmp_path: Path) -> None:
+    """253 test images (digits 0-6) on 2 processes: Lightning's sampler pads rank 1 with a repeat of image 0. The
+    gathered report holds each image once, and equals a single-process test of the same checkpoint."""
+    from conftest import run_cli
+    from vitlab.cli import eval as eval_cli
+    from vitlab.cli.runner import run_task
+    from vitlab.compose import compose_config
+
+    args = ["tiny=smoke", "trainer=ddp_cpu", "trainer.limit_test_batches=1.0", "data.classes=[0,1,2,3,4,5,6]"]
+    run = run_cli("train", [*args, "trainer.enable_progress_bar=false"], tmp_path / "logs")
+    assert run.returncode == 0, run.stderr[-3000:]
+    (result,) = run.results()
+    (run_dir,) = run.run_dirs()
+    ddp = json.loads((run_dir / "metrics" / "test.json").read_text())
+    assert result["world_size"] == 2 and ddp["samples"] == 253
+    assert ddp["class_support"] == [36, 36, 35, 37, 36, 37, 36]  # digits' test split, each image once
+    assert result["test/acc"] == pytest.approx(ddp["scalars"]["acc"], abs=1e-6)
+
+    cfg = compose_config("eval", [f"ckpt_path={result['best_ckpt']}", "trainer.accelerator=cpu", "trainer.devices=1",
+                                  "trainer.enable_progress_bar=false"])  # fmt: skip
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+    assert run_task(cfg, eval_cli.evaluate)["status"] == "ok"
+    single = json.loads((tmp_path / "eval" / "metrics" / "test.json").read_text())
+    assert single["confusion_matrix"] == ddp["confusion_matrix"]
+    assert single["scalars"] == pytest.approx(ddp["scalars"], abs=1e-6)  # the same logits, up to float32 sums

@@ -34,7 +34,7 @@ from vitlab.training.components import (
     update_wandb_summary,
 )
 from vitlab.training.interrupts import InterruptGuard
-from vitlab.training.test_report import test_options, write_test_report
+from vitlab.training.test_report import eval_options, write_test_report
 
 log = logging.getLogger("vitlab")
 
@@ -94,7 +94,7 @@ def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
         from vitlab.cli.eval_probe import run_probe
 
         return run_probe(cfg, record, load_trained)
-    tta, figures = test_options(cfg)  # eval.tta, eval.figures: refused here, before the data are read
+    tta, figures = eval_options(cfg)  # eval.tta, eval.figures: refused here, before the data are read
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.num_classes)
     module.tta = tta

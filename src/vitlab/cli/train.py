@@ -91,7 +91,7 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
     from vitlab.training.dynamics_monitor import learned_dynamics, summarise
     from vitlab.training.interrupts import InterruptGuard, raise_if_interrupted
     from vitlab.training.optuna_pruning import pruning_callbacks
-    from vitlab.training.test_report import test_options, write_test_report
+    from vitlab.training.test_report import eval_options, write_test_report
 
     # retries so far and the micro-batch: in results.json however this attempt ends (docs/runs.md#retries)
     record["retries"] = attempt.state.retries if attempt is not None and attempt.state is not None else 0
@@ -106,7 +106,7 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
     datamodule.batch_split = attempt.batch_split if attempt is not None else 1  # whole batches of the run per epoch
     data = record_data(datamodule.fingerprint(), record, attempt, Path(cfg.paths.output_dir))
     module = build_module(cfg, datamodule.num_classes)
-    module.tta = test_options(cfg)[0]  # eval.tta: test-time views of the test phase (docs/evaluation.md)
+    module.tta = eval_options(cfg)[0]  # eval.tta: test-time views of the test phase (docs/evaluation.md)
     record.update(param_counts(module.model))
     print_param_table(module.model)
     record_weights_report(module.model, Path(cfg.paths.output_dir), record)
@@ -150,7 +150,7 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
         record.update({k: float(v) for k, v in (metrics[0] if metrics else {}).items()})
         record["eval/tta"] = module.tta
         # per-class accuracy, confusion matrix, reliability bins and figures (docs/evaluation.md)
-        write_test_report(module, trainer, datamodule, cfg.paths.output_dir, figures=test_options(cfg)[1])
+        write_test_report(module, trainer, datamodule, cfg.paths.output_dir, figures=eval_options(cfg)[1])
     if export is not None and trainer.is_global_zero:
         export_backbone(module.model, export)
         record["exported_weights"] = str(export)

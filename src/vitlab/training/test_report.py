@@ -27,7 +27,7 @@ INDENTED_UP_TO = 30  # classes: above this the arrays are written compactly (a 1
 WANDB_KEYS = {"confusion_matrix": "test/confusion_matrix", "reliability": "test/reliability"}
 
 
-def test_options(cfg: Any) -> tuple[str, bool]:
+def eval_options(cfg: Any) -> tuple[str, bool]:
     """(`eval.tta`, `eval.figures`) of a run config; (none, true) where the config has no `eval` node."""
     from omegaconf import OmegaConf
 
@@ -49,7 +49,7 @@ def class_names(datamodule: Any, num_classes: int) -> list[str] | None:
     return None
 
 
-def test_payload(report: dict[str, Any], tta: str, names: list[str] | None) -> dict[str, Any]:
+def report_payload(report: dict[str, Any], tta: str, names: list[str] | None) -> dict[str, Any]:
     """The content of metrics/test.json: the report, how it was measured, and the class names."""
     return {
         "tta": tta,
@@ -67,7 +67,7 @@ def write_test_report(module: Any, trainer: Any, datamodule: Any, run_dir: str |
     if report is None or not trainer.is_global_zero:
         return None
     names = class_names(datamodule, report["num_classes"])
-    payload = jsonable(test_payload(report, module.tta, names))
+    payload = jsonable(report_payload(report, module.tta, names))
     indent = 2 if report["num_classes"] <= INDENTED_UP_TO else None
     path = Path(run_dir) / METRICS_DIR / TEST_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
