@@ -102,7 +102,7 @@ def test_the_callback_writes_both_pngs_that_decode_and_nothing_for_other_models(
     pytest.importorskip("matplotlib")
     from PIL import Image
 
-    written = _fed(OdeFigures(str(tmp_path / "ode"), images=3)).draw(model("scalar", head={}))
+    written = _fed(OdeFigures(str(tmp_path / "ode" / "figures"))).draw(model("scalar", head={}))
     assert set(written) == {STEP_SIZES, TRAJECTORY}
     for name, path in written.items():
         assert path == tmp_path / "ode" / "figures" / f"{name}.png"
@@ -110,9 +110,9 @@ def test_the_callback_writes_both_pngs_that_decode_and_nothing_for_other_models(
             image.load()  # decodes the whole file
             assert image.format == "PNG" and image.width > 300 and image.height > 200
         assert path.stat().st_size < 300_000
-    assert _fed(OdeFigures(str(tmp_path / "plain"))).draw(model(None)) == {}
+    assert _fed(OdeFigures(str(tmp_path / "plain" / "figures"))).draw(model(None)) == {}
     assert not (tmp_path / "plain").exists()
-    only_steps = _fed(OdeFigures(str(tmp_path / "steps"))).draw(model("channel"))
+    only_steps = _fed(OdeFigures(str(tmp_path / "steps" / "figures"))).draw(model("channel"))
     assert set(only_steps) == {STEP_SIZES}
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from vitlab.analysis.ode_dynamics import memory_head, memory_trajectory, step_sizes
 from vitlab.extras import MissingExtra
-from vitlab.plots.figures import figure_path, log_images
+from vitlab.plots.figures import log_images
 from vitlab.plots.ode import memory_trajectory_png, step_sizes_png
 
 log = logging.getLogger("vitlab")
@@ -26,12 +26,14 @@ STEP_SIZES, TRAJECTORY = "ode_step_sizes", "ode_memory_trajectory"
 
 class OdeFigures(pl.Callback):
     """Args:
-    run_dir: the run directory (`${paths.output_dir}`); the figures go under its `figures/`.
-    images: how many test images the trajectory figure follows (from the first test batch).
+    dirpath: the folder of the figures, `<run dir>/figures` (`${paths.output_dir}/figures`), where
+        `vitlab-report` finds them.
     """
 
-    def __init__(self, run_dir: str, images: int = 4) -> None:
-        self.run_dir, self.images = Path(run_dir), int(images)
+    images = 4  # test images the trajectory figure follows (the first of the first test batch): a legible legend
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
         self._batch: tuple[Tensor, Tensor | None] | None = None
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -68,13 +70,17 @@ class OdeFigures(pl.Callback):
             branches: dict[str, list] = {}
             for s in found:
                 branches.setdefault(s.branch, []).append(s.values)
-            written[STEP_SIZES] = step_sizes_png(figure_path(self.run_dir, STEP_SIZES), branches, init=found[0].init)
+            written[STEP_SIZES] = step_sizes_png(self._path(STEP_SIZES), branches, init=found[0].init)
         if memory_head(model) is not None and self._batch is not None:
             images, labels = self._batch
             path = memory_trajectory(model, images, labels)
             if path is not None:
                 labels_list = None if path.labels is None else [int(v) for v in path.labels]
                 written[TRAJECTORY] = memory_trajectory_png(
-                    figure_path(self.run_dir, TRAJECTORY), path.times, path.states, path.inhibition, labels_list
+                    self._path(TRAJECTORY), path.times, path.states, path.inhibition, labels_list
                 )
         return written
+
+    def _path(self, name: str) -> Path:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        return self.dirpath / f"{name}.png"
