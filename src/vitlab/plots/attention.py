@@ -27,6 +27,20 @@ def display_images(images: np.ndarray) -> np.ndarray:
     return (x - low) / np.maximum(high - low, 1e-12)
 
 
+def _stretched(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A (rows, cols) map resized bilinearly (pixel centres, as `align_corners=False`) to (height, width) and
+    scaled to [0, 1] by its own range."""
+    grid = grid.astype(np.float64)
+
+    def axis_positions(n_out: int, n_in: int) -> np.ndarray:
+        return np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+
+    rows = np.stack([np.interp(axis_positions(height, grid.shape[0]), np.arange(grid.shape[0]), col) for col in grid.T])
+    out = np.stack([np.interp(axis_positions(width, grid.shape[1]), np.arange(grid.shape[1]), row) for row in rows.T])
+    span = out.max() - out.min()
+    return (out - out.min()) / span if span > 0 else np.zeros_like(out)
+
+
 def heatmap_grid(
     images: np.ndarray,
     maps: np.ndarray,
@@ -42,22 +56,18 @@ def heatmap_grid(
     if maps.ndim != 4 or maps.shape[0] != images.shape[0] or maps.shape[1] != len(column_titles):
         raise ValueError(f"maps {maps.shape} do not match {images.shape[0]} images and {len(column_titles)} titles")
     plt = pyplot("vitlab-eval analyse=attention")
+    colours = plt.get_cmap("inferno")
     n_rows, n_cols = maps.shape[0], maps.shape[1] + 1
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + (0.4 if title else 0)))
     axes = np.asarray(axes).reshape(n_rows, n_cols)
     height, width = images.shape[1:3]
-    extent = (0, width, height, 0)
     for r in range(n_rows):
-        gray = images[r].mean(axis=-1)
-        axes[r, 0].imshow(images[r], extent=extent)
+        gray = images[r].mean(axis=-1, keepdims=True)
+        axes[r, 0].imshow(images[r], interpolation="nearest")
         for c in range(1, n_cols):
-            grid = maps[r, c - 1].astype(np.float32)
-            span = float(grid.max() - grid.min())
-            scaled = (grid - grid.min()) / span if span > 0 else np.zeros_like(grid)
-            axes[r, c].imshow(gray, cmap="gray", extent=extent)
-            axes[r, c].imshow(
-                scaled, cmap="inferno", alpha=0.65, extent=extent, interpolation="bilinear", vmin=0, vmax=1
-            )
+            heat = colours(_stretched(maps[r, c - 1], height, width))[..., :3]
+            # blended here at the image's own resolution: flat pixels keep the PNG small
+            axes[r, c].imshow(0.35 * gray + 0.65 * heat, interpolation="nearest")
         if row_titles is not None:
             axes[r, 0].set_ylabel(row_titles[r], fontsize=7)
     for c, name in enumerate(["image", *column_titles]):
