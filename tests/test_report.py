@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from conftest import TINY
 from vitlab.cli.report import main
 from vitlab.report.build import build_report, curve_series
 from vitlab.report.run_files import read_metrics
@@ -212,7 +211,7 @@ DECODED = "return [...document.images].map(i => [i.alt, i.complete && i.naturalW
 def test_a_real_runs_page_opens_in_headless_chromium_with_no_error_and_every_image_decoded(tmp_path: Path) -> None:
     browser = _browser()
     try:
-        fast = [*TINY, "tiny=smoke", "trainer.max_epochs=2"]
+        fast = ["tiny=smoke", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
         ode = _train_in_process(tmp_path / "ode", [*fast, "model/step_size=scalar", "model/head=memory_ode"])
         plain = _train_in_process(tmp_path / "plain", fast)
         assert {"ode_step_sizes.png", "ode_memory_trajectory.png"} <= {p.name for p in (ode / "figures").glob("*")}
