@@ -63,6 +63,7 @@ def _fake_run(root: Path, lr: float = 0.001, full: bool = True) -> Path:
     if full:
         results |= {"test/ece": 0.031, "test/nll": 0.42, "probe/knn_acc": 0.61, "fewshot/5shot_acc": 0.44}
         results |= {"weights/source": "file:w.safetensors", "weights/loaded": 2, "dynamics/h_mean": 0.97}
+        results |= {"attention/mixer": "nystrom", "attention/tv_to_softmax": [0.125, 0.375], "attention/figures": []}
     (run / "results.json").write_text(json.dumps(results))
     (run / "config_resolved.yaml").write_text(f"optim:\n  lr: {lr}\n  opt: adamw\npaths:\n  output_dir: {run}\n")
     if not full:
@@ -111,6 +112,8 @@ def test_the_page_shows_every_part_of_the_run_inline_and_nothing_external(tmp_pa
     for shown in ("0.751", "1,234", "99.5", "0.031", "0.42", "0.61", "0.44", "abc123", "a.weight", "head.fc", "0.97"):
         assert shown in text, shown
     assert re.search(r"<td>dog</td><td class=\"num\">0.25</td><td class=\"num\">8</td>", text)  # per class
+    assert "<td>nystrom</td>" in text and "<th>tv_to_softmax</th>" in text  # attention: one block a row
+    assert re.search(r'<td class="num">1</td><td class="num">0.375</td></tr>', text)
 
 
 def test_a_run_with_only_its_results_gets_only_those_sections(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def render(runs: Sequence[RunFiles]) -> str:
         ("per-class", "Per-class results", _join(sections.per_class(runs), figures("per_class"))),
         ("probes", "Probes", sections.probes(runs)),
         ("calibration", "Calibration", _join(sections.calibration_numbers(runs), figures("calibration"))),
-        ("attention", "Attention maps", figures("attention")),
+        ("attention", "Attention maps", _join(sections.attention(runs), figures("attention"))),
         ("ode", "ODE pictures", _join(sections.dynamics(runs), figures("ode"))),
     ]
     rest = [n for n in _figure_names(runs, ("",)) if n not in shown]

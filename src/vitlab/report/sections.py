@@ -122,6 +122,24 @@ def dynamics(runs: Sequence[RunFiles]) -> str | None:
     return scalar_table(runs, keys) if keys else None
 
 
+def attention(runs: Sequence[RunFiles]) -> str | None:
+    """`attention/*` of `vitlab-eval analyse=attention`: its scalars, then its per-block lists one block a row."""
+    scalars = keys_where(runs, lambda k, v: k.startswith("attention/") and not isinstance(v, (list, dict)))
+    lists = keys_where(runs, lambda k, v: k.startswith("attention/") and isinstance(v, list) and _flat(v))
+    lists = [k for k in lists if k != "attention/figures"]  # the figures are shown below
+    parts = [scalar_table(runs, scalars)] if scalars else []
+    columns = [
+        (key.removeprefix("attention/") + (f" ({label})" if len(runs) > 1 else ""), run.results.get(key) or [])
+        for key in lists
+        for run, label in zip(runs, labels(runs), strict=True)
+    ]
+    if columns:
+        depth = max(len(values) for _, values in columns)
+        rows = [[i, *[values[i] if i < len(values) else None for _, values in columns]] for i in range(depth)]
+        parts.append(table(["block", *[name for name, _ in columns]], rows))
+    return "".join(parts) or None
+
+
 def weights(runs: Sequence[RunFiles]) -> str | None:
     """What the pre-trained weights gave the model (weights_report.json): counts, then the names."""
     if not any(r.weights or any(k.startswith("weights/") for k in r.results) for r in runs):
