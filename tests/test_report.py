@@ -60,6 +60,7 @@ def _fake_run(root: Path, lr: float = 0.001, full: bool = True) -> Path:
     (run / "run.json").write_text(json.dumps({"created": "2026-12-04T20:00:00+0000", "overrides": [f"optim.lr={lr}"],
         "attempts": [{"git_sha": "abc123", "git_dirty": False, "ended": "2026-12-04T20:01:00+0000"}]}))  # fmt: skip
     results = {"status": "ok", "test/acc": 0.75 + lr, "val/acc": 0.5, "params/total": 1234, "cost/peak_mem_mb": 99.5}
+    results |= {"test/acc_top5": None}  # not measured (5 classes or fewer): left out of the page
     if full:
         results |= {"test/ece": 0.031, "test/nll": 0.42, "probe/knn_acc": 0.61, "fewshot/5shot_acc": 0.44}
         results |= {"weights/source": "file:w.safetensors", "weights/loaded": 2, "dynamics/h_mean": 0.97}
@@ -119,6 +120,7 @@ def test_the_page_shows_every_part_of_the_run_inline_and_nothing_external(tmp_pa
 def test_a_run_with_only_its_results_gets_only_those_sections(tmp_path: Path) -> None:
     text = build_report(_fake_run(tmp_path, full=False)).read_text()
     assert _Page(text).sections == ["run", "config", "cost", "results"] and "<img" not in text
+    assert "test/acc" in text and "test/acc_top5" not in text
 
 
 def test_two_runs_side_by_side_with_the_config_diff_and_differences(tmp_path: Path) -> None:

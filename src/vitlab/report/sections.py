@@ -39,11 +39,12 @@ def scalar_table(runs: Sequence[RunFiles], keys: Sequence[str]) -> str:
 
 
 def keys_where(runs: Sequence[RunFiles], keep: Callable[[str, Any], bool]) -> list[str]:
-    """Result keys (of any run, first-seen order) that `keep` accepts."""
+    """Result keys (of any run, first-seen order) that `keep` accepts; a key null in every run is left out (not
+    measured: an eval has no training cost, top-5 needs more than 5 classes)."""
     seen: dict[str, None] = {}
     for run in runs:
         for key, value in run.results.items():
-            if keep(key, value):
+            if value is not None and keep(key, value):
                 seen.setdefault(key, None)
     return list(seen)
 
