@@ -134,3 +134,22 @@ def test_without_matplotlib_the_run_goes_on_and_one_log_line_names_the_extra(tmp
     lines = [r.getMessage() for r in caplog.records if "vitlab[plots]" in r.getMessage()]
     assert len(lines) == 1 and "pip install 'vitlab[plots]'" in lines[0]
     assert not list(tmp_path.rglob("*.png"))
+
+
+def test_the_figures_go_to_the_runs_loggers_under_ode_keys(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    import vitlab.training.ode_figures as ode_figures
+
+    sent = []
+    monkeypatch.setattr(ode_figures, "log_images", lambda loggers, images: sent.append((loggers, dict(images))))
+    trainer = _Trainer()
+    _fed(OdeFigures(str(tmp_path))).on_test_end(trainer, _Module(model("channel", head={})))
+    assert len(sent) == 1 and sent[0][0] is trainer.loggers
+    assert sent[0][1] == {
+        "ode/step_sizes": tmp_path / f"{STEP_SIZES}.png",
+        "ode/memory_trajectory": tmp_path / f"{TRAJECTORY}.png",
+    }
+    assert all(p.is_file() for p in sent[0][1].values())
+    trainer.global_rank = 1  # only process 0 draws and sends
+    _fed(OdeFigures(str(tmp_path / "rank1"))).on_test_end(trainer, _Module(model("channel", head={})))
+    assert len(sent) == 1 and not (tmp_path / "rank1").exists()
