@@ -89,6 +89,8 @@ def test_each_blocks_matrices_reproduce_its_attention_output_in_the_model(name: 
         out = attn.proj(mixed.transpose(1, 2).reshape(3, maps.tokens, -1))
         assert float((out - outputs[i]).detach().abs().max()) <= 1e-6 * max(1.0, float(outputs[i].abs().max()))
         torch.testing.assert_close(block.softmax.sum(-1), torch.ones(3, maps.heads, maps.tokens), rtol=0, atol=1e-6)
+        grid = token_maps(block.implied, maps.num_prefix_tokens, maps.has_class_token, maps.grid)
+        assert grid.shape == (3, maps.heads, 4, 4)  # the class token's row, or the mean over patch queries
         if "softmax" in name:
             torch.testing.assert_close(block.implied, block.softmax, rtol=0, atol=1e-6)
             assert row_tv_distance(block.implied, block.softmax) < 1e-6
