@@ -56,8 +56,9 @@ def plot_confusion_matrix(
 
 
 def plot_reliability(run_dir: str | Path, bins: Sequence[Mapping[str, Any]], ece: float) -> Path:
-    """`figures/reliability.png`: accuracy per confidence bin against the bin's confidence range, the diagonal of
-    perfect calibration, each bin's mean confidence, and the sample count per bin below; the ECE in the title."""
+    """`figures/reliability.png`: accuracy per confidence bin over the bin's confidence range, the gap from it to
+    the bin's mean confidence (hatched, as Guo et al. 2017 draw it), the diagonal of perfect calibration, and the
+    sample count per bin below; the ECE in the title."""
     plt = pyplot(OPTION)
     lower = np.array([b["lower"] for b in bins], dtype=np.float64)
     width = np.array([b["upper"] - b["lower"] for b in bins], dtype=np.float64)
@@ -71,7 +72,9 @@ def plot_reliability(run_dir: str | Path, bins: Sequence[Mapping[str, Any]], ece
     ax.bar(lower[filled], accuracy[filled], width=width[filled], align="edge", color="tab:blue", edgecolor="black",
            linewidth=0.5, label="accuracy in the bin")  # fmt: skip
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
-    ax.plot(confidence[filled], accuracy[filled], "o", color="tab:red", markersize=3, label="mean confidence")
+    gap = confidence[filled] - accuracy[filled]  # Guo et al.'s "gap": from the bin's accuracy to its mean confidence
+    ax.bar(lower[filled], gap, bottom=accuracy[filled], width=width[filled], align="edge", color="tab:red", alpha=0.3,
+           edgecolor="tab:red", hatch="//", linewidth=0.5, label="gap to the mean confidence")  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
