@@ -34,7 +34,7 @@ from vitlab.training.components import (
     update_wandb_summary,
 )
 from vitlab.training.interrupts import InterruptGuard
-from vitlab.training.test_report import eval_options, report_scalars, write_test_report
+from vitlab.training.test_report import eval_options, write_test_report
 
 log = logging.getLogger("vitlab")
 
@@ -103,7 +103,6 @@ def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
     log_config(trainer, cfg)
     metrics = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True, verbose=False)
     record.update({k: float(v) for k, v in (metrics[0] if metrics else {}).items()})
-    record.update(report_scalars(module))  # the same numbers, unrounded
     record["ckpt_path"] = str(cfg.ckpt_path)
     record["eval/tta"] = tta
     # per-class accuracy, confusion matrix, reliability bins (metrics/test.json) and the figures (docs/evaluation.md)

@@ -91,7 +91,7 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
     from vitlab.training.dynamics_monitor import learned_dynamics, summarise
     from vitlab.training.interrupts import InterruptGuard, raise_if_interrupted
     from vitlab.training.optuna_pruning import pruning_callbacks
-    from vitlab.training.test_report import eval_options, report_scalars, write_test_report
+    from vitlab.training.test_report import eval_options, write_test_report
 
     # retries so far and the micro-batch: in results.json however this attempt ends (docs/runs.md#retries)
     record["retries"] = attempt.state.retries if attempt is not None and attempt.state is not None else 0
@@ -148,7 +148,6 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
         log.info("testing %s", best or "the final weights")
         metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
         record.update({k: float(v) for k, v in (metrics[0] if metrics else {}).items()})
-        record.update(report_scalars(module))  # the same numbers, unrounded
         record["eval/tta"] = module.tta
         # per-class accuracy, confusion matrix, reliability bins and figures (docs/evaluation.md)
         write_test_report(module, trainer, datamodule, cfg.paths.output_dir, figures=eval_options(cfg)[1])

@@ -59,13 +59,6 @@ def report_payload(report: dict[str, Any], tta: str, names: list[str] | None) ->
     }
 
 
-def report_scalars(module: Any) -> dict[str, float]:
-    """The report's scalars as results.json keys (`test/acc`, ...), in float64: the loggers (and `trainer.test`'s
-    return value) hold float32, so results.json would otherwise differ from metrics/test.json in the 8th digit."""
-    report = getattr(module, "test_report", None)
-    return {f"test/{k}": v for k, v in report["scalars"].items()} if report is not None else {}
-
-
 def write_test_report(module: Any, trainer: Any, datamodule: Any, run_dir: str | Path, figures: bool) -> Path | None:
     """Process 0 writes `<run_dir>/metrics/test.json` and, with `figures`, `figures/confusion_matrix.png` and
     `figures/reliability.png` (sent to W&B when logging there). Without matplotlib the figures are skipped with one
