@@ -195,6 +195,21 @@ def test_many_classes_draw_without_tick_labels(tmp_path: Path) -> None:
     assert (tmp_path / "figures" / "confusion_matrix.png").stat().st_size > 0
 
 
+def test_both_figures_go_to_the_loggers_as_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`log_images` hands them to every W&B logger (and ignores the others): it gets both PNGs under test/ keys."""
+    from vitlab.plots import figures
+
+    sent: list[tuple[object, dict]] = []
+    monkeypatch.setattr(figures, "log_images", lambda loggers, images, step=None: sent.append((loggers, images)))
+    module, trainer, data = fake_run()
+    trainer.loggers = ["a logger"]
+    write_test_report(module, trainer, data, tmp_path, figures=True)
+    ((loggers, images),) = sent
+    assert loggers == ["a logger"]
+    assert images == {"test/reliability": tmp_path / "figures" / "reliability.png",
+                      "test/confusion_matrix": tmp_path / "figures" / "confusion_matrix.png"}  # fmt: skip
+
+
 def test_without_matplotlib_the_metrics_are_written_and_one_line_names_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
