@@ -13,8 +13,9 @@ The metrics go to every logger (CSV, W&B, ...) through `pl_module.log`; the test
 `trainer.test` returns, hence of `results.json`. Training is left exactly as it was: the probe reads its own
 loaders in a fixed order, draws nothing from the global generators (`rng_untouched`) and restores each
 submodule's train/eval flag, so a run with the probe trains the same weights as one without, and resumes
-bit-identically. Under DDP every process computes the same probe on all the images it selects (no
-collective operation, so nothing can wait on another process); only rank 0's loggers write.
+bit-identically. Under DDP every process computes the same probe on all the images it selects (the probe's
+loaders are not sharded; no process waits on another while computing), the values are averaged over the
+processes when logged (they are equal) and only rank 0's loggers write.
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ class FeatureProbe(pl.Callback):
             _seed_all(0)  # a training set without an evaluation view is read with the same augmentation each time
             metrics, sizes = self.scores(getattr(pl_module, "model", pl_module), train_set, eval_set, batch,
                                          int(datamodule.num_classes))  # fmt: skip
-        pl_module.log_dict({prefix + k: v for k, v in metrics.items()}, on_step=False, on_epoch=True)
+        # every process computed the same numbers: the mean over processes is them, and Lightning does not warn
+        # about epoch-level values logged unsynchronised (every process reaches this hook, so nothing waits)
+        pl_module.log_dict({prefix + k: v for k, v in metrics.items()}, on_step=False, on_epoch=True, sync_dist=True)
         shown = "  ".join(f"{prefix}{k} {v:.4f}" for k, v in metrics.items())
         took = time.monotonic() - start
         rank_zero_only(log.info)(f"{shown}  ({sizes[0]} train / {sizes[1]} {split} images, {took:.1f} s)")
