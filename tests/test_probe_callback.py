@@ -1,7 +1,7 @@
 """`callbacks=probe` (vitlab.training.probe_callback): its config keeps the default callbacks, bad values are one
-paragraph, and in a tiny `vitlab-train` run composed in process its metrics reach the CSV log and results.json,
-equal the probe recomputed from the tested checkpoint, and leave the trained weights bit-identical to a run
-without it. A paper table may report a probe metric (vitlab.reproduce)."""
+paragraph; in a tiny `vitlab-train` run composed in process its metrics reach the CSV log and results.json and
+equal the probe recomputed from the tested checkpoint; a probed run killed and resumed ends bit-identical to a run
+without the probe. A paper table may report a probe metric (vitlab.reproduce)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from omegaconf import open_dict
 
-from conftest import CONFIGS, TINY, compose_cfg
+from conftest import CONFIGS, TINY, assert_identical, compose_cfg
 from vitlab.cli.validate import check_config
 from vitlab.errors import ConfigError
 from vitlab.training.probe_callback import FeatureProbe
@@ -79,27 +78,24 @@ def _train(run_dir: Path, args: list[str]) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-# two epochs of 3 batches; drop path on, so a probe that left the model in eval mode would change the weights
-RUN = [*TINY, "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "data.batch_size=32",
-       "model.backbone.drop_path_rate=0.1", "scheduler.warmup_epochs=0"]  # fmt: skip
+# two epochs of 3 batches, the validation probe after the second only, the test probe once
+RUN = [*TINY, "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "data.batch_size=32"]
 PROBE = ["callbacks=probe", "callbacks.probe.every_n_epochs=2", "callbacks.probe.max_train_samples=200",
          "callbacks.probe.k=5"]  # fmt: skip
 
 
-@pytest.mark.slow  # trains twice in process (a few seconds each)
-def test_probe_metrics_reach_the_logs_and_results_and_training_is_unchanged(tmp_path: Path) -> None:
+@pytest.mark.slow  # trains in process (a few seconds)
+def test_probe_metrics_reach_the_logs_and_results(tmp_path: Path) -> None:
     from hydra.utils import instantiate
 
     from vitlab.cli.checkpoint import read_checkpoint
     from vitlab.compose import compose_config
     from vitlab.training.components import build_datamodule
 
-    with_probe = _train(tmp_path / "probe", [*RUN, *PROBE])
-    without = _train(tmp_path / "plain", RUN)
-    assert with_probe["status"] == "ok" and without["status"] == "ok"
+    results = _train(tmp_path / "probe", [*RUN, *PROBE])
+    assert results["status"] == "ok"
     for name in ("test/probe_knn_acc", "test/probe_linear_acc"):
-        assert 0.0 <= with_probe[name] <= 1.0, with_probe
-    assert not any("probe" in k for k in without)
+        assert 0.0 <= results[name] <= 1.0, results
 
     # the CSV log: validation probes after epoch 2 only (every_n_epochs=2), the test probes once
     rows = list(csv.DictReader((tmp_path / "probe" / "csv" / "metrics.csv").open()))
@@ -107,26 +103,40 @@ def test_probe_metrics_reach_the_logs_and_results_and_training_is_unchanged(tmp_
     assert [int(r["epoch"]) for r in val_rows] == [1] and val_rows[0]["probe/linear_acc"]
     test_rows = [r for r in rows if r.get("test/probe_knn_acc")]
     assert len(test_rows) == 1 and float(test_rows[0]["test/probe_knn_acc"]) == pytest.approx(
-        with_probe["test/probe_knn_acc"]
+        results["test/probe_knn_acc"]
     )
 
     # the same numbers again from the tested checkpoint, outside Lightning
     cfg = compose_config("train", [*RUN, *PROBE])
     datamodule = build_datamodule(cfg)
     model = instantiate(cfg.model, num_classes=datamodule.num_classes)
-    state = read_checkpoint(with_probe["best_ckpt"])["state_dict"]
+    state = read_checkpoint(results["best_ckpt"])["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     probe = FeatureProbe(k=5, max_train_samples=200)
     scores, _ = probe.scores(model, datamodule.train_set, datamodule.test_set, 32, datamodule.num_classes)
-    assert scores["knn_acc"] == pytest.approx(with_probe["test/probe_knn_acc"], abs=1e-6)
-    assert scores["linear_acc"] == pytest.approx(with_probe["test/probe_linear_acc"], abs=1e-6)
+    assert scores["knn_acc"] == pytest.approx(results["test/probe_knn_acc"], abs=1e-6)
+    assert scores["linear_acc"] == pytest.approx(results["test/probe_linear_acc"], abs=1e-6)
 
-    # the probe changed nothing in training: the same weights to the bit, the same test accuracy
-    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in
-               (tmp_path / "probe", tmp_path / "plain")]  # fmt: skip
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    assert with_probe["test/acc"] == without["test/acc"] and with_probe["val/acc"] == without["val/acc"]
+
+@pytest.mark.slow  # three tiny trainings in processes (about 30 s)
+def test_a_probed_run_killed_and_resumed_is_bit_identical_to_an_unprobed_one(tmp_path: Path) -> None:
+    """The probe changes nothing in training, and the exact resume (docs/resume.md) holds with it: a run with
+    the probe after every epoch, SIGKILLed mid-epoch 2 and resumed in place, ends with the weights, val/acc and
+    test numbers of a run without the probe. Drop path is on: a probe that left the model in eval mode would
+    change the weights."""
+    from test_resume import kill_and_resume, train_into
+
+    base = [*TINY, "trainer.max_epochs=3", "seed=3", "model.backbone.drop_path_rate=0.1"]  # 19 steps per epoch
+    reference = tmp_path / "plain" / "run"
+    plain = train_into(base, reference)
+    assert not any("probe" in k for k in plain)
+    run_dir = tmp_path / "probe" / "run"
+    kill_and_resume([*base, "callbacks=probe", "callbacks.probe.max_train_samples=300"], run_dir, 30, "step 30")
+    probed = json.loads((run_dir / "results.json").read_text())
+    assert probed["resumed"] == 1 and 0.0 <= probed["test/probe_knn_acc"] <= 1.0
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    assert sorted({int(r["epoch"]) for r in rows if r.get("probe/knn_acc")}) == [0, 1, 2]  # every epoch probed
+    assert_identical(run_dir, reference, "a probed run killed at step 30 and resumed, against one without probe")
 
 
 TABLE = """
