@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -99,14 +98,16 @@ def test_the_shipped_fewshot_options_pass_every_check() -> None:
         compose_cfg(["probe=fewshots", "ckpt_path=some.ckpt"], config_name="eval")
 
 
-def test_more_shots_than_the_smallest_class_has_is_one_paragraph() -> None:
+def test_more_shots_than_the_smallest_class_has_is_one_paragraph(monkeypatch) -> None:
+    from vitlab.cli import eval_probe
     from vitlab.data.digits import DigitsDataModule
 
     datamodule = DigitsDataModule(img_size=16, train_per_class=3)
     datamodule.setup()
+    monkeypatch.setattr(eval_probe, "load_backbone", lambda cfg: (None, datamodule))  # refused before the model
     cfg = _eval_cfg("probe.shots=[1,4]")
     with pytest.raises(ConfigError) as refused:
-        run_probe(cfg, {}, lambda c: (SimpleNamespace(model=None), datamodule))
+        run_probe(cfg, {})
     assert str(refused.value) == (
         "probe.shots=[1, 4] is not allowed with this data: class 0 of the training split has only 3 images; every n "
         "in probe.shots must be at most 3."
@@ -156,6 +157,15 @@ def test_eval_fewshot_writes_mean_and_std_equal_to_scikit_learn(tmp_path: Path, 
     assert f"      3   {100 * mean:6.2f} ± {100 * std:5.2f}       3" in capsys.readouterr().out  # the console's table
     metrics = (tmp_path / "eval" / "csv" / "metrics.csv").read_text()
     assert "fewshot/3shot_acc_mean" in metrics and "fewshot/1shot_acc_std" in metrics
+
+    # another data config, with another number of classes than the checkpoint's head: only the backbone is used
+    other = compose_config("eval", ["probe=fewshot", f"ckpt_path={ckpt}", "probe.shots=[2]", "probe.draws=2",
+                                    "data=digits", "data.img_size=16", "data.classes=[3,5,7]"])  # fmt: skip
+    with open_dict(other):
+        other.paths.output_dir = str(tmp_path / "eval_other")
+    assert run_task(other, evaluate)["status"] == "ok"
+    transfer = json.loads((tmp_path / "eval_other" / "results.json").read_text())
+    assert 0.0 <= transfer["fewshot/2shot_acc_mean"] <= 1.0 and transfer["fewshot/2shot_acc_std"] >= 0.0
 
     # the same draws fit by scikit-learn on the checkpoint's features
     model = instantiate(compose_config("train", TINY).model, num_classes=10)

@@ -93,7 +93,7 @@ def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
     if cfg.get("probe"):  # vitlab-eval probe=fewshot: n-shot linear evaluation of the frozen features
         from vitlab.cli.eval_probe import run_probe
 
-        return run_probe(cfg, record, load_trained)
+        return run_probe(cfg, record)  # its own loading: the data may have other classes than the checkpoint
     tta, figures = eval_options(cfg)  # eval.tta, eval.figures: refused here, before the data are read
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.num_classes)

@@ -4,14 +4,14 @@ Instead of the test, for every n in `probe.shots` and each of `probe.draws` draw
 training images per class (features of the evaluation transform) and scored on the test split
 (`vitlab.analysis.fewshot`). `results.json` gets `fewshot/<n>shot_acc_mean` and `fewshot/<n>shot_acc_std`, the
 loggers (CSV, W&B) the same numbers, and the console a small table. Any data config works (`data=...`
-replaces the checkpoint's): only the backbone is used, never the trained head. docs/probes.md.
+replaces the checkpoint's, with any number of classes): only the backbone is used, never the trained head.
+docs/probes.md.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,10 +27,18 @@ from vitlab.analysis.features import (
     sample_indices,
 )
 from vitlab.analysis.fewshot import class_counts, fewshot_accuracies, fewshot_draws, summarise
+from vitlab.cli.checkpoint import read_checkpoint
 from vitlab.cli.rules import POSITIVE_INT, Rule, closest, refuse, refuse_name
 from vitlab.cli.validate_lists import LIST_RULES
+from vitlab.data.base import ImageDataModule
 from vitlab.errors import ConfigError
-from vitlab.training.components import build_trainer, log_config, update_wandb_summary
+from vitlab.training.components import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    log_config,
+    update_wandb_summary,
+)
 
 log = logging.getLogger("vitlab")
 
@@ -71,11 +79,23 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-def run_probe(cfg: DictConfig, record: dict[str, Any], load_trained: Callable[[DictConfig], tuple[Any, Any]]) -> None:
+def load_backbone(cfg: DictConfig) -> tuple[torch.nn.Module, ImageDataModule]:
+    """(the checkpoint's model with its weights, in eval mode; the data module of `cfg.data`). The model is
+    built for the classes it was trained on, not for those of the data (`vitlab.cli.eval.load_trained` does
+    the latter): few-shot transfer to a data set with another number of classes needs only the backbone."""
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    classes = int((checkpoint.get("hyper_parameters") or {})["num_classes"])
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, classes)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.model.eval(), datamodule
+
+
+def run_probe(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The few-shot evaluation of `cfg.ckpt_path` on `cfg.data`; fills `record` (results.json)."""
     options = probe_options(cfg)  # before anything is loaded
     shots, draws, seed = [int(n) for n in options["shots"]], int(options["draws"]), int(options["seed"])
-    module, datamodule = load_trained(cfg)
+    model, datamodule = load_backbone(cfg)
     num_classes = int(datamodule.num_classes)
     labels = dataset_labels(datamodule.train_set)
     counts = class_counts(labels, num_classes)
@@ -88,7 +108,7 @@ def run_probe(cfg: DictConfig, record: dict[str, Any], load_trained: Callable[[D
     start = time.monotonic()
     drawn = fewshot_draws(labels, shots, draws, num_classes, seed)
     pool = torch.cat([d for per_n in drawn.values() for d in per_n]).unique()  # sorted: each image computed once
-    model = module.model.to(_device(cfg))
+    model = model.to(_device(cfg))
     batch = int(datamodule.batch_size)
     test_set = datamodule.test_set
     chosen = sample_indices(len(test_set), options.get("max_test_samples"))
