@@ -109,14 +109,14 @@ def run_probe(cfg: DictConfig, record: dict[str, Any]) -> None:
     drawn = fewshot_draws(labels, shots, draws, num_classes, seed)
     pool = torch.cat([d for per_n in drawn.values() for d in per_n]).unique()  # sorted: each image computed once
     model = model.to(_device(cfg))
-    batch = int(datamodule.batch_size)
+    batch, workers = int(datamodule.batch_size), int(datamodule.num_workers)
     test_set = datamodule.test_set
     chosen = sample_indices(len(test_set), options.get("max_test_samples"))
     with rng_untouched():
         reference = eval_view(datamodule.train_set, test_set) or datamodule.train_set
-        pool_f, pool_y = extract_features(model, feature_loader(Subset(reference, pool.tolist()), batch))
+        pool_f, pool_y = extract_features(model, feature_loader(Subset(reference, pool.tolist()), batch, workers))
         test = test_set if chosen is None else Subset(test_set, chosen)
-        test_f, test_y = extract_features(model, feature_loader(test, batch))
+        test_f, test_y = extract_features(model, feature_loader(test, batch, workers))
     accuracies = fewshot_accuracies(drawn, pool, pool_f, pool_y, test_f, test_y, num_classes, c=float(options["c"]))
     summary = summarise(accuracies)
     record.update(summary)

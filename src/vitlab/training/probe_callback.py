@@ -88,10 +88,11 @@ class FeatureProbe(pl.Callback):
             return
         start = time.monotonic()
         batch = int(getattr(datamodule, "per_device_batch_size", 64))
+        workers = int(getattr(datamodule, "num_workers", 0))  # fresh workers, seeded by the loader's own generator
+        model = getattr(pl_module, "model", pl_module)
         with rng_untouched():
             _seed_all(0)  # a training set without an evaluation view is read with the same augmentation each time
-            metrics, sizes = self.scores(getattr(pl_module, "model", pl_module), train_set, eval_set, batch,
-                                         int(datamodule.num_classes))  # fmt: skip
+            metrics, sizes = self.scores(model, train_set, eval_set, batch, int(datamodule.num_classes), workers)
         # every process computed the same numbers: the mean over processes is them, and Lightning does not warn
         # about epoch-level values logged unsynchronised (every process reaches this hook, so nothing waits)
         pl_module.log_dict({prefix + k: v for k, v in metrics.items()}, on_step=False, on_epoch=True, sync_dist=True)
@@ -100,14 +101,19 @@ class FeatureProbe(pl.Callback):
         rank_zero_only(log.info)(f"{shown}  ({sizes[0]} train / {sizes[1]} {split} images, {took:.1f} s)")
 
     def scores(
-        self, model: torch.nn.Module, train_set: Dataset, eval_set: Dataset, batch_size: int, num_classes: int
+        self,
+        model: torch.nn.Module,
+        train_set: Dataset,
+        eval_set: Dataset,
+        batch_size: int,
+        num_classes: int,
+        num_workers: int = 0,
     ) -> tuple[dict[str, float], tuple[int, int]]:
         """({"knn_acc": ..., "linear_acc": ...}, (reference images, evaluated images)) of `model`."""
-        reference = eval_view(train_set, eval_set) or train_set
-        train_f, train_y = extract_features(
-            model, feature_loader(_subset(reference, self.max_train_samples), batch_size)
-        )
-        eval_f, eval_y = extract_features(model, feature_loader(_subset(eval_set, self.max_eval_samples), batch_size))
+        reference = _subset(eval_view(train_set, eval_set) or train_set, self.max_train_samples)
+        train_f, train_y = extract_features(model, feature_loader(reference, batch_size, num_workers))
+        evaluated = _subset(eval_set, self.max_eval_samples)
+        eval_f, eval_y = extract_features(model, feature_loader(evaluated, batch_size, num_workers))
         acc = knn_accuracy(train_f, train_y, eval_f, eval_y, num_classes, self.k, self.temperature, self.weighted)
         metrics = {"knn_acc": acc}
         if self.linear:
