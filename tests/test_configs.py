@@ -21,8 +21,9 @@ from vitlab.models.geometry import geometry_of
 
 # groups whose options live in sub-folders, selected with a path: experiment=vix/vit
 PATH_OPTION_GROUPS = ("experiment",)
-# not Hydra options of train.yaml: paper-table definitions, read by vitlab-reproduce (tests/test_reproduce_tables.py)
-NOT_TRAIN_OPTIONS = ("paper",)
+# not Hydra options of train.yaml: paper-table definitions, read by vitlab-reproduce (tests/test_reproduce_tables.py);
+# vitlab-eval's probe= and analyse= groups (composed with eval.yaml in tests/test_fewshot.py, test_attention_maps.py)
+NOT_TRAIN_OPTIONS = ("paper", "probe", "analyse")
 # nested groups, selected inside an option of their parent: model/mixer=softmax model/mixer/kernel=nystrom
 PARENT_OF_NESTED = {"model/mixer/kernel": "model/mixer=softmax"}
 

@@ -36,6 +36,21 @@ def _beside(path: Path, reason: str) -> str:
     return alternatives_sentence(Damage(path, reason, readable_checkpoints(path.parent, skip=path)))
 
 
+def load_trained(cfg: Any) -> tuple[Any, Any]:
+    """(module, data module) of a run config that `vitlab-eval` merged with the checkpoint's, the checkpoint's
+    weights loaded, in eval mode: what the probes and analyses look at without a Lightning test loop. The model
+    is built for the classes it was trained on, not those of `cfg.data`: few-shot transfer or attention maps on a
+    data set with another number of classes need only the backbone."""
+    from vitlab.training.components import build_datamodule, build_module
+
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    classes = int((checkpoint.get("hyper_parameters") or {})["num_classes"])
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, classes)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval(), datamodule
+
+
 def read_checkpoint_config(path: str | Path) -> dict[str, Any] | None:
     """The resolved run config stored by `ClassificationModule` (None for foreign checkpoints)."""
     hparams = read_checkpoint(path).get("hyper_parameters") or {}

@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import vitlab.cli.resolvers  # noqa: F401  (registers ${vitlab.*} resolvers before Hydra composes)
-from vitlab.cli.checkpoint import read_checkpoint
+from vitlab.cli.checkpoint import load_trained, read_checkpoint
 from vitlab.cli.runner import configure_wandb, pin_run_dir_for_ddp, run_task
 from vitlab.cli.slurm import match_threads_to_allocation
 from vitlab.cli.validate import check_config
@@ -73,15 +73,6 @@ def run_config(cfg: DictConfig) -> DictConfig:
         ):
             merged.model.stem = None  # model/stem=auto kept the loaded patch embedding when this model was built
     return merged
-
-
-def load_trained(cfg: DictConfig) -> tuple[Any, Any]:
-    """(module, datamodule) of a `run_config` config, the checkpoint's weights loaded (`weights_only=True`), in
-    eval mode: what the probes and analyses look at without a Lightning test loop."""
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule.num_classes)
-    module.load_state_dict(read_checkpoint(cfg.ckpt_path)["state_dict"])
-    return module.eval(), datamodule
 
 
 def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:

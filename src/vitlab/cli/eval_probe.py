@@ -27,14 +27,12 @@ from vitlab.analysis.features import (
     sample_indices,
 )
 from vitlab.analysis.fewshot import class_counts, fewshot_accuracies, fewshot_draws, summarise
-from vitlab.cli.checkpoint import read_checkpoint
+from vitlab.cli.checkpoint import load_trained
 from vitlab.cli.rules import POSITIVE_INT, Rule, closest, refuse, refuse_name
 from vitlab.cli.validate_lists import LIST_RULES
 from vitlab.data.base import ImageDataModule
 from vitlab.errors import ConfigError
 from vitlab.training.components import (
-    build_datamodule,
-    build_module,
     build_trainer,
     log_config,
     update_wandb_summary,
@@ -80,15 +78,9 @@ def _device(cfg: DictConfig) -> torch.device:
 
 
 def load_backbone(cfg: DictConfig) -> tuple[torch.nn.Module, ImageDataModule]:
-    """(the checkpoint's model with its weights, in eval mode; the data module of `cfg.data`). The model is
-    built for the classes it was trained on, not for those of the data (`vitlab.cli.eval.load_trained` does
-    the latter): few-shot transfer to a data set with another number of classes needs only the backbone."""
-    checkpoint = read_checkpoint(cfg.ckpt_path)
-    classes = int((checkpoint.get("hyper_parameters") or {})["num_classes"])
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, classes)
-    module.load_state_dict(checkpoint["state_dict"])
-    return module.model.eval(), datamodule
+    """(the checkpoint's model with its weights, in eval mode; the data module of `cfg.data`)."""
+    module, datamodule = load_trained(cfg)
+    return module.model, datamodule
 
 
 def run_probe(cfg: DictConfig, record: dict[str, Any]) -> None:
