@@ -19,6 +19,7 @@ from omegaconf import open_dict
 from timm.models.vision_transformer import VisionTransformer
 
 from conftest import compose_cfg
+from helpers.train_in_process import train_in_process
 from vitlab.analysis.attention_maps import (
     attention_module,
     backbone_of,
@@ -163,17 +164,7 @@ def test_distances_and_entropy_follow_their_formulas() -> None:
 
 
 def _trained_checkpoint(run_dir: Path, extra: list[str]) -> Path:
-    from vitlab.cli import train as train_cli
-    from vitlab.cli.in_place import apply_attempt, open_attempt
-    from vitlab.cli.runner import run_task
-    from vitlab.compose import compose_config
-
-    cfg = compose_config("train", ["tiny=smoke", "trainer.enable_progress_bar=false", *extra])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    attempt = open_attempt(run_dir, [])
-    apply_attempt(cfg, attempt)
-    record = run_task(cfg, lambda c, r: train_cli.train(c, r, attempt=attempt), attempt)
+    record = train_in_process(run_dir, ["tiny=smoke", "trainer.enable_progress_bar=false", *extra])
     assert record["status"] == "ok", record.get("error")
     return run_dir / "checkpoints" / "last.ckpt"
 

@@ -19,6 +19,7 @@ from sklearn import metrics as sk
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.train_in_process import train_in_process
 from vitlab.analysis.classification_metrics import ECE_BINS, classification_report, reliability
 from vitlab.training.module import ClassificationModule, accuracy_metrics
 from vitlab.training.test_report import write_test_report
@@ -235,18 +236,12 @@ def test_figures_false_writes_no_png(tmp_path: Path) -> None:
 @pytest.mark.slow  # trains end to end (in-process, a few seconds)
 def test_train_then_eval_record_the_report_and_draw_the_figures(tmp_path: Path) -> None:
     from vitlab.cli import eval as eval_cli
-    from vitlab.cli import train as train_cli
-    from vitlab.cli.in_place import apply_attempt, open_attempt
     from vitlab.cli.runner import run_task
     from vitlab.compose import compose_config
 
     run_dir = tmp_path / "train"
-    cfg = compose_config("train", ["tiny=smoke", "trainer.limit_test_batches=1.0", "trainer.enable_progress_bar=false"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    attempt = open_attempt(run_dir, [])
-    apply_attempt(cfg, attempt)
-    record = run_task(cfg, lambda c, r: train_cli.train(c, r, attempt=attempt), attempt)
+    args = ["tiny=smoke", "trainer.limit_test_batches=1.0", "trainer.enable_progress_bar=false"]
+    record = train_in_process(run_dir, args)
     assert record["status"] == "ok", record.get("error")
     saved = json.loads((run_dir / "metrics" / "test.json").read_text())
     assert saved["samples"] == 360 and saved["class_names"] == [str(i) for i in range(10)]  # digits' whole test set

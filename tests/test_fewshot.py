@@ -15,6 +15,7 @@ import torch
 from omegaconf import open_dict
 
 from conftest import TINY, compose_cfg
+from helpers.train_in_process import train_in_process
 from vitlab.analysis.fewshot import draw_shots, fewshot_draws, summarise
 from vitlab.cli.eval_probe import probe_options, run_probe
 from vitlab.cli.validate import check_config
@@ -114,21 +115,6 @@ def test_more_shots_than_the_smallest_class_has_is_one_paragraph(monkeypatch) ->
     )
 
 
-def _train(run_dir: Path, args: list[str]) -> dict:
-    from vitlab.cli import train as train_cli
-    from vitlab.cli.in_place import apply_attempt, open_attempt
-    from vitlab.cli.runner import run_task
-    from vitlab.compose import compose_config
-
-    cfg = compose_config("train", args)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    attempt = open_attempt(run_dir, [])
-    apply_attempt(cfg, attempt)
-    run_task(cfg, lambda c, r: train_cli.train(c, r, attempt=attempt), attempt)
-    return json.loads((run_dir / "results.json").read_text())
-
-
 @pytest.mark.slow  # trains a tiny model, then evaluates it (in process, seconds)
 def test_eval_fewshot_writes_mean_and_std_equal_to_scikit_learn(tmp_path: Path, capsys) -> None:
     from hydra.utils import instantiate
@@ -142,7 +128,7 @@ def test_eval_fewshot_writes_mean_and_std_equal_to_scikit_learn(tmp_path: Path, 
     from vitlab.compose import compose_config
     from vitlab.data.digits import DigitsDataModule
 
-    trained = _train(tmp_path / "train", [*TINY, "+trainer.limit_train_batches=2", "test=false"])
+    trained = train_in_process(tmp_path / "train", [*TINY, "+trainer.limit_train_batches=2", "test=false"])
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     assert trained["status"] == "ok" and ckpt.exists()
     cfg = compose_config("eval", ["probe=fewshot", f"ckpt_path={ckpt}", "probe.shots=[1,3]", "probe.draws=3",

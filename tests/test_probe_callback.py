@@ -14,6 +14,7 @@ import yaml
 from omegaconf import open_dict
 
 from conftest import CONFIGS, TINY, assert_identical, compose_cfg
+from helpers.train_in_process import train_in_process
 from vitlab.cli.validate import check_config
 from vitlab.errors import ConfigError
 from vitlab.training.probe_callback import FeatureProbe
@@ -63,21 +64,6 @@ def test_an_unknown_probe_option_is_refused_with_the_closest() -> None:
         check_config(cfg)
 
 
-def _train(run_dir: Path, args: list[str]) -> dict:
-    from vitlab.cli import train as train_cli
-    from vitlab.cli.in_place import apply_attempt, open_attempt
-    from vitlab.cli.runner import run_task
-    from vitlab.compose import compose_config
-
-    cfg = compose_config("train", args)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    attempt = open_attempt(run_dir, [])
-    apply_attempt(cfg, attempt)
-    run_task(cfg, lambda c, r: train_cli.train(c, r, attempt=attempt), attempt)
-    return json.loads((run_dir / "results.json").read_text())
-
-
 # two epochs of 3 batches, the validation probe after the second only, the test probe once
 RUN = [*TINY, "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "data.batch_size=32"]
 PROBE = ["callbacks=probe", "callbacks.probe.every_n_epochs=2", "callbacks.probe.max_train_samples=200",
@@ -92,7 +78,7 @@ def test_probe_metrics_reach_the_logs_and_results(tmp_path: Path) -> None:
     from vitlab.compose import compose_config
     from vitlab.training.components import build_datamodule
 
-    results = _train(tmp_path / "probe", [*RUN, *PROBE])
+    results = train_in_process(tmp_path / "probe", [*RUN, *PROBE])
     assert results["status"] == "ok"
     for name in ("test/probe_knn_acc", "test/probe_linear_acc"):
         assert 0.0 <= results[name] <= 1.0, results

@@ -14,8 +14,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
 
+from helpers.train_in_process import train_in_process
 from vitlab.cli.report import main
 from vitlab.report.build import build_report, curve_series
 from vitlab.report.run_files import read_metrics
@@ -172,21 +172,6 @@ def test_without_matplotlib_it_exits_2_naming_the_pip_command(tmp_path: Path, ca
     assert not (run / "report.html").exists()
 
 
-def _train_in_process(run_dir: Path, args: list[str]) -> Path:
-    from vitlab.cli import train as train_cli
-    from vitlab.cli.in_place import apply_attempt, open_attempt
-    from vitlab.cli.runner import run_task
-    from vitlab.compose import compose_config
-
-    cfg = compose_config("train", args)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    attempt = open_attempt(run_dir, [])
-    apply_attempt(cfg, attempt)
-    run_task(cfg, lambda c, r: train_cli.train(c, r, attempt=attempt), attempt)
-    return run_dir
-
-
 def _browser():
     """A headless Chromium driven by Selenium, or a skip saying what is missing (CI installs both: .ci/run)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
@@ -217,8 +202,10 @@ def test_a_real_runs_page_opens_in_headless_chromium_with_no_error_and_every_ima
     browser = _browser()
     try:
         fast = ["tiny=smoke", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
-        ode = _train_in_process(tmp_path / "ode", [*fast, "model/step_size=scalar", "model/head=memory_ode"])
-        plain = _train_in_process(tmp_path / "plain", fast)
+        ode = tmp_path / "ode"
+        train_in_process(ode, [*fast, "model/step_size=scalar", "model/head=memory_ode"])
+        plain = tmp_path / "plain"
+        train_in_process(plain, fast)
         assert {"ode_step_sizes.png", "ode_memory_trajectory.png"} <= {p.name for p in (ode / "figures").glob("*")}
         for page in (build_report(ode), build_report(ode, plain, out=tmp_path / "both.html")):
             expected = _Page(page.read_text()).images
