@@ -252,6 +252,24 @@ def test_collect_means_paper_differences_and_cell_states(demo) -> None:
     assert empty[0].cells["a"].paper == 80.0 and empty[0].cells["a"].diff is None  # paper shown, nothing faked
 
 
+def test_a_table_reports_a_probe_metric_chosen_on_the_validation_probe(tmp_path: Path) -> None:
+    """`metric:` and `select_metric:` may name any number of results.json, e.g. the feature probes of
+    `callbacks=probe` (docs/probes.md): the grid point is chosen on the validation probe, its test probe shown."""
+    path = tmp_path / "configs/paper/demo/t1.yaml"
+    path.parent.mkdir(parents=True)
+    text = DEMO.replace("summary: mean", "summary: mean\nmetric: test/probe_knn_acc\nselect_metric: probe/knn_acc")
+    path.write_text(text)
+    spec, runs = load_table(path), tmp_path / "runs"
+    for job in spec.jobs("mini"):
+        if job.row == "tuned":
+            better = dict(job.grid)["optim.lr"] == "0.2"
+            values = {"probe/knn_acc": 0.6 if better else 0.5, "test/probe_knn_acc": 0.7 if better else 0.9}
+            write_result(job.results_path(runs), **values, **{"test/acc": 0.1, "val/acc": 0.9 - 0.5 * better})
+    tuned = next(r for r in collect(spec, "mini", runs) if r.name == "tuned")
+    cell = tuned.cells["a"]
+    assert (cell.selected, cell.mean, cell.n_ok) == ("optim.lr=0.2", pytest.approx(70.0), 3)
+
+
 def test_renderers_show_paper_failed_missing_and_not_implemented(demo, tmp_path: Path) -> None:
     spec, results = demo
     md = render_markdown(results, spec)
