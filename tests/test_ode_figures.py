@@ -153,3 +153,23 @@ def test_the_figures_go_to_the_runs_loggers_under_ode_keys(tmp_path, monkeypatch
     trainer.global_rank = 1  # only process 0 draws and sends
     _fed(OdeFigures(str(tmp_path / "rank1"))).on_test_end(trainer, _Module(model("channel", head={})))
     assert len(sent) == 1 and not (tmp_path / "rank1").exists()
+
+
+@pytest.mark.slow  # trains a tiny step-size + memory-ODE model, then tests it with vitlab-eval (in process)
+def test_vitlab_eval_of_an_ode_checkpoint_draws_its_pictures_in_its_own_run_dir(tmp_path) -> None:
+    from omegaconf import open_dict
+
+    from helpers.train_in_process import train_in_process
+    from vitlab.cli import eval as eval_cli
+    from vitlab.cli.runner import run_task
+    from vitlab.compose import compose_config
+
+    args = ["tiny=smoke", "test=false", "model/step_size=scalar", "model/head=memory_ode"]
+    assert train_in_process(tmp_path / "train", [*args, "trainer.enable_progress_bar=false"])["status"] == "ok"
+    assert not (tmp_path / "train" / "figures").exists()  # no test phase: nothing drawn there
+    cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}",
+                                  "trainer.enable_progress_bar=false", "eval.figures=false"])  # fmt: skip
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+    assert run_task(cfg, eval_cli.evaluate)["status"] == "ok"
+    assert {p.name for p in (tmp_path / "eval" / "figures").iterdir()} == {f"{STEP_SIZES}.png", f"{TRAJECTORY}.png"}
