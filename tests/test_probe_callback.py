@@ -87,6 +87,8 @@ def test_probe_metrics_reach_the_logs_and_results(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "probe" / "csv" / "metrics.csv").open()))
     val_rows = [r for r in rows if r.get("probe/knn_acc")]
     assert [int(r["epoch"]) for r in val_rows] == [1] and val_rows[0]["probe/linear_acc"]
+    for name in ("probe/knn_acc", "probe/linear_acc"):  # the last validation probe is in results.json too
+        assert results[name] == pytest.approx(float(val_rows[-1][name]), abs=1e-6), name
     test_rows = [r for r in rows if r.get("test/probe_knn_acc")]
     assert len(test_rows) == 1 and float(test_rows[0]["test/probe_knn_acc"]) == pytest.approx(
         results["test/probe_knn_acc"]

@@ -141,6 +141,8 @@ def train(cfg: DictConfig, record: dict[str, Any], attempt: Attempt | None = Non
             record["optim/layer_scales"] = module.layer_scales
         record.update(cost.results(module.device))
         record.update(summarise(learned_dynamics(module.model)))  # learned a and h (ODE transfer), if any
+        # the last validation probe of callbacks=probe (docs/probes.md), beside the test probe recorded below
+        record.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("probe/")})
         raise_if_interrupted()
     if cfg.get("test", True):
         best = _test_checkpoint(cfg, trainer)
