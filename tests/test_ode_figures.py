@@ -117,7 +117,7 @@ def test_the_callback_writes_both_pngs_that_decode_and_nothing_for_other_models(
 
 
 class _Trainer:
-    global_rank, loggers = 0, []
+    global_rank, loggers, strategy, world_size = 0, [], None, 1
 
 
 class _Module(torch.nn.Module):
@@ -133,6 +133,21 @@ def test_without_matplotlib_the_run_goes_on_and_one_log_line_names_the_extra(tmp
         callback.on_test_end(_Trainer(), _Module(model("scalar")))
     lines = [r.getMessage() for r in caplog.records if "vitlab[plots]" in r.getMessage()]
     assert len(lines) == 1 and "pip install 'vitlab[plots]'" in lines[0]
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_under_fsdp_with_several_processes_the_figures_are_skipped_in_one_line(tmp_path, caplog) -> None:
+    """Outside the wrapped forward an FSDP process holds a shard of each weight: drawing it would be wrong."""
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    trainer, module = _Trainer(), _Module(model("scalar"))
+    trainer.strategy, trainer.world_size = FSDPStrategy(), 2
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vitlab"):
+        _fed(OdeFigures(str(tmp_path))).on_test_end(trainer, module)
+    assert [r.getMessage() for r in caplog.records if r.name == "vitlab"] == [
+        "ODE figures skipped: under FSDPStrategy each process holds only a shard of the weights"
+    ]
     assert not list(tmp_path.rglob("*.png"))
 
 

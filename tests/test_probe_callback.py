@@ -157,3 +157,16 @@ def test_a_paper_table_can_report_a_probe_metric(tmp_path: Path) -> None:
     (row,) = collect(spec, "mini", tmp_path / "runs")
     assert row.cells["digits"].mean == pytest.approx(60.0) and row.cells["digits"].n_ok == 2  # percent
     assert "test/probe_knn_acc" in render_markdown([row], spec) and "60.00" in render_markdown([row], spec)
+
+
+def test_under_fsdp_with_several_processes_the_probe_is_refused_in_one_paragraph() -> None:
+    from types import SimpleNamespace
+
+    from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
+
+    probe = FeatureProbe()
+    with pytest.raises(ConfigError, match=r"^callbacks=probe cannot run under FSDPStrategy with 2 processes") as e:
+        probe.setup(SimpleNamespace(strategy=FSDPStrategy(), world_size=2), None, "fit")
+    assert "\n" not in str(e.value)
+    probe.setup(SimpleNamespace(strategy=DDPStrategy(), world_size=2), None, "fit")  # DDP: every weight whole
+    probe.setup(SimpleNamespace(strategy=FSDPStrategy(), world_size=1), None, "fit")  # one process: unsharded

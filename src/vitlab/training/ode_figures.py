@@ -18,6 +18,7 @@ from vitlab.analysis.ode_dynamics import memory_head, memory_trajectory, step_si
 from vitlab.extras import MissingExtra
 from vitlab.plots.figures import log_images
 from vitlab.plots.ode import memory_trajectory_png, step_sizes_png
+from vitlab.training.sharding import sharded_strategy
 
 log = logging.getLogger("vitlab")
 
@@ -53,6 +54,10 @@ class OdeFigures(pl.Callback):
         if trainer.global_rank != 0:
             return
         model = getattr(pl_module, "model", pl_module)
+        strategy = sharded_strategy(trainer)
+        if strategy is not None and (step_sizes(model) or memory_head(model) is not None):
+            log.warning("ODE figures skipped: under %s each process holds only a shard of the weights", strategy)
+            return
         try:
             written = self.draw(model)
         except MissingExtra as exc:

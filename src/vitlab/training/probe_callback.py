@@ -7,7 +7,8 @@ transform, are the reference; the validation (at test: test) images are classifi
 - a k-NN vote (`vitlab.analysis.knn`: cosine similarity, k neighbours, votes weighted by exp(s / T) as in
   DINO, or plain votes with `weighted: false`) -> `probe/knn_acc` (validation), `test/probe_knn_acc` (test);
 - a linear probe (`vitlab.analysis.linear_probe`: multinomial logistic regression with scikit-learn's
-  objective, C = `linear_c`, on L2-normalised features) -> `probe/linear_acc`, `test/probe_linear_acc`.
+  objective, C = `linear_c`, on features L2-normalised, then centred and scaled per dimension)
+  -> `probe/linear_acc`, `test/probe_linear_acc`.
 
 The metrics go to every logger (CSV, W&B, ...) through `pl_module.log`; the test ones are part of what
 `trainer.test` returns, hence of `results.json`. Training is left exactly as it was: the probe reads its own
@@ -35,6 +36,7 @@ from vitlab.analysis.features import eval_view, extract_features, feature_loader
 from vitlab.analysis.knn import knn_accuracy
 from vitlab.analysis.linear_probe import fit_linear_probe, standardise
 from vitlab.errors import ConfigError
+from vitlab.training.sharding import sharded_strategy
 
 log = logging.getLogger("vitlab")
 
@@ -69,6 +71,15 @@ class FeatureProbe(pl.Callback):
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self.linear, self.linear_c = linear, linear_c
         self._probed_epoch: int | None = None  # one probe per epoch, however often validation runs in it
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        strategy = sharded_strategy(trainer)
+        if strategy is not None:
+            raise ConfigError(
+                f"callbacks=probe cannot run under {strategy} with {trainer.world_size} processes: the probe runs the "
+                "backbone outside the wrapped forward, where each process holds only a shard of the weights. Probe "
+                "with trainer=ddp (or one device), or afterwards with vitlab-eval probe=fewshot."
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
