@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.train_in_process import train_in_process
 from vitlab.analysis.classification_metrics import ECE_BINS, classification_report, reliability
+from vitlab.errors import ConfigError
 from vitlab.training.module import ClassificationModule, accuracy_metrics
 from vitlab.training.test_report import write_test_report
 
@@ -159,6 +160,25 @@ def test_the_test_stage_reports_the_whole_test_set() -> None:
 def test_the_test_stage_has_no_top5_with_five_classes() -> None:
     _, logged, _, _ = run_test_stage(k=5)
     assert "test/acc_top5" not in logged and "test/acc" in logged
+
+
+@pytest.mark.parametrize("k", [5, 6])
+def test_a_monitor_on_top5_is_refused_before_training_where_no_top5_is_logged(k: int) -> None:
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    x, y = torch.randn(8, 3, 4, 4), torch.arange(8) % k
+    module = ClassificationModule(Linear(k, (3, 4, 4)), k, optim={"opt": "sgd", "lr": 0.1})
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, max_epochs=1,
+                         enable_model_summary=False, enable_checkpointing=False,
+                         callbacks=[EarlyStopping(monitor="val/acc_top5", mode="max")])  # fmt: skip
+    if k > 5:
+        trainer.fit(module, loader, loader)  # logged: the monitor finds it
+        assert "val/acc_top5" in trainer.callback_metrics
+        return
+    with pytest.raises(ConfigError, match=r"^EarlyStopping monitors val/acc_top5, but this data has 5 classes"):
+        trainer.fit(module, loader, loader)
+    assert trainer.global_step == 0
 
 
 # --- metrics/test.json and the figures ---------------------------------------------------------------------------

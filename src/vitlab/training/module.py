@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab.analysis.classification_metrics import TOP_K, classification_report
 from vitlab.analysis.tta import check_tta, tta_logits
-from vitlab.errors import NonFiniteLoss
+from vitlab.errors import ConfigError, NonFiniteLoss
 from vitlab.models.summary import param_counts
 from vitlab.training.constraints import modules_with, project_parameters, regularization_loss
 from vitlab.training.layer_decay import format_table, layer_scale_table
@@ -105,6 +105,22 @@ class ClassificationModule(pl.LightningModule):
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.model.compile()
             self._compiled = True  # configure_model runs again for trainer.test: one wrapper is enough
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.num_classes <= TOP_K:
+            self._refuse_absent_top5_monitor()
+
+    def _refuse_absent_top5_monitor(self) -> None:
+        """With 5 classes or fewer no `*/acc_top5` is logged: a checkpoint or early-stopping monitor on it would
+        fail after the first epoch with Lightning's traceback; one paragraph now instead."""
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+            monitor = getattr(callback, "monitor", None)
+            if isinstance(monitor, str) and monitor.endswith("/acc_top5"):
+                raise ConfigError(
+                    f"{type(callback).__name__} monitors {monitor}, but this data has {self.hparams.num_classes} "
+                    f"classes and top-{TOP_K} accuracy is logged only with more than {TOP_K} (with fewer it is 1 by "
+                    "construction). Monitor val/acc or val/loss instead."
+                )
 
     def on_fit_start(self) -> None:
         ckpt = self.trainer.ckpt_path
