@@ -107,3 +107,21 @@ def test_the_module_refuses_an_unknown_mode_and_uses_a_known_one() -> None:
     module.on_test_epoch_start()
     module.test_step((x, y), 0)
     torch.testing.assert_close(module._test_logits[0], tta_logits(module.model, x, "flip"), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "given"),
+    [
+        (["analyse=attention", "eval.tta=flip"], "analyse=attention and eval.tta=flip"),
+        (["probe=fewshot", "eval.tta=multicrop"], "probe=fewshot and eval.tta=multicrop"),
+        (["analyse=attention", "probe=fewshot"], "analyse=attention and probe=fewshot"),
+    ],
+)
+def test_vitlab_eval_refuses_tta_with_an_analysis_and_two_analyses_at_once(overrides: list[str], given: str) -> None:
+    """analyse= and probe= replace the test: a test option with them, or both together, would be ignored."""
+    from vitlab.cli.eval import evaluate
+
+    cfg = compose_cfg(["ckpt_path=no_such.ckpt", *overrides], config_name="eval")
+    with pytest.raises(ConfigError, match=rf"^vitlab-eval was given {given}: ") as refused:
+        evaluate(cfg, {})  # before the checkpoint is read: no such file is needed
+    assert "\n" not in str(refused.value)

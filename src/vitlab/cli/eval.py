@@ -75,7 +75,22 @@ def run_config(cfg: DictConfig) -> DictConfig:
     return merged
 
 
+def refuse_mixed_modes(cfg: DictConfig) -> None:
+    """`analyse=` and `probe=` replace the test: each alone, and `eval.tta` (a test option) not with them."""
+    chosen = {key: cfg[key] for key in ("analyse", "probe") if cfg.get(key)}  # probe is a group: its name says
+    modes = [f"{key}={value.get('name') if isinstance(value, DictConfig) else value}" for key, value in chosen.items()]
+    tta = OmegaConf.select(cfg, "eval.tta", default="none")
+    if len(modes) > 1 or (modes and tta != "none"):
+        given = " and ".join([*modes, *([f"eval.tta={tta}"] if modes and tta != "none" else [])])
+        raise ConfigError(
+            f"vitlab-eval was given {given}: analyse=attention and probe=fewshot each replace the test, so they run "
+            "one at a time and eval.tta (a test option) does not apply to them. Run one command per analysis."
+        )
+
+
 def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
+    refuse_mixed_modes(cfg)
+    record["ckpt_path"] = str(cfg.ckpt_path)
     if cfg.get("analyse"):  # vitlab-eval analyse=attention (before run_config: data.n_images is the analysis's key)
         from vitlab.cli.eval_analyse import run_analysis
 
@@ -94,7 +109,6 @@ def evaluate(cfg: DictConfig, record: dict[str, Any]) -> None:
     log_config(trainer, cfg)
     metrics = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True, verbose=False)
     record.update({k: float(v) for k, v in (metrics[0] if metrics else {}).items()})
-    record["ckpt_path"] = str(cfg.ckpt_path)
     record["eval/tta"] = tta
     # per-class accuracy, confusion matrix, reliability bins (metrics/test.json) and the figures (docs/evaluation.md)
     write_test_report(module, trainer, datamodule, cfg.paths.output_dir, figures=figures)

@@ -178,7 +178,10 @@ def save_npz(maps: ModelAttention, shown: np.ndarray, rollout: dict[str, np.ndar
         if residual:
             arrays["residual_matrices"] = np.stack([r.numpy() for r in residual])  # (L, H, N, N)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **{k: v.astype(np.float32) for k, v in arrays.items()})
+    tmp = path.with_name(f".{path.name}.tmp")  # a reader never sees half a file
+    with tmp.open("wb") as f:  # a file object: savez would append .npz to a name
+        np.savez_compressed(f, **{k: v.astype(np.float32) for k, v in arrays.items()})
+    tmp.replace(path)
 
 
 def print_summary(maps: ModelAttention, record: dict[str, Any]) -> None:
