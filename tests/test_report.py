@@ -62,7 +62,7 @@ def _fake_run(root: Path, lr: float = 0.001, full: bool = True) -> Path:
     results = {"status": "ok", "test/acc": 0.75 + lr, "val/acc": 0.5, "params/total": 1234, "cost/peak_mem_mb": 99.5}
     results |= {"test/acc_top5": None}  # not measured (5 classes or fewer): left out of the page
     if full:
-        results |= {"test/ece": 0.031, "test/nll": 0.42, "probe/knn_acc": 0.61, "fewshot/5shot_acc": 0.44}
+        results |= {"test/ece": 0.031, "test/nll": 0.42, "probe/knn_acc": 0.61, "fewshot/5shot_acc_mean": 0.44}
         results |= {"weights/source": "file:w.safetensors", "weights/loaded": 2, "dynamics/h_mean": 0.97}
         results |= {"attention/mixer": "nystrom", "attention/tv_to_softmax": [0.125, 0.375], "attention/figures": []}
     (run / "results.json").write_text(json.dumps(results))
