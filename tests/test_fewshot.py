@@ -105,7 +105,7 @@ def test_more_shots_than_the_smallest_class_has_is_one_paragraph(monkeypatch) ->
 
     datamodule = DigitsDataModule(img_size=16, train_per_class=3)
     datamodule.setup()
-    monkeypatch.setattr(eval_probe, "load_backbone", lambda cfg: (None, datamodule))  # refused before the model
+    monkeypatch.setattr(eval_probe, "load_model", lambda cfg: (None, datamodule))  # refused before the model
     cfg = _eval_cfg("probe.shots=[1,4]")
     with pytest.raises(ConfigError) as refused:
         run_probe(cfg, {})

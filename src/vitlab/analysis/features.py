@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vitlab.data.fingerprint import unwrap
 from vitlab.models.heads.linear import pool_tokens
 
 
@@ -69,38 +70,28 @@ def rng_untouched() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def _flatten(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
-    """(the data set under any `Subset`s, the indices into it), indices None when there was no `Subset`."""
-    indices: list[int] | None = None
-    while isinstance(dataset, Subset):
-        outer = list(dataset.indices)
-        indices = outer if indices is None else [outer[i] for i in indices]
-        dataset = dataset.dataset
-    return dataset, indices
-
-
 def eval_view(train_set: Dataset, eval_set: Dataset) -> Dataset | None:
     """The images of `train_set` read through the transform of `eval_set` (a validation or test split, which
     every vitlab data module reads without augmentation); None when the transform cannot be swapped (a set
     without a `transform` attribute), so the caller reads `train_set` as it is."""
-    base, indices = _flatten(train_set)
-    eval_base, _ = _flatten(eval_set)
+    base, indices = unwrap(train_set)
+    eval_base, _ = unwrap(eval_set)
     if not (hasattr(base, "transform") and hasattr(eval_base, "transform")):
         return None
     view = copy.copy(base)  # shallow: the samples and arrays are shared, only the transform differs
     view.transform = eval_base.transform  # type: ignore[attr-defined]
     if hasattr(base, "transforms") and hasattr(eval_base, "transforms"):  # torchvision's (image, target) pair
         view.transforms = eval_base.transforms  # type: ignore[attr-defined]
-    return view if indices is None else Subset(view, indices)
+    return Subset(view, indices) if isinstance(train_set, Subset) else view
 
 
 def dataset_labels(dataset: Dataset) -> Tensor:
     """Every label of `dataset` (int64), read without decoding images where the set keeps its labels."""
     from vitlab.data.torchvision_sets import labels_of
 
-    base, indices = _flatten(dataset)
+    base, indices = unwrap(dataset)
     labels = torch.as_tensor(np.asarray(labels_of(base)), dtype=torch.long)
-    return labels if indices is None else labels[torch.as_tensor(indices, dtype=torch.long)]
+    return labels[torch.as_tensor(indices, dtype=torch.long)]
 
 
 def sample_indices(size: int, limit: int | None, seed: int = 0) -> list[int] | None:

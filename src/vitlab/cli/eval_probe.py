@@ -77,7 +77,7 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-def load_backbone(cfg: DictConfig) -> tuple[torch.nn.Module, ImageDataModule]:
+def load_model(cfg: DictConfig) -> tuple[torch.nn.Module, ImageDataModule]:
     """(the checkpoint's model with its weights, in eval mode; the data module of `cfg.data`)."""
     module, datamodule = load_trained(cfg)
     return module.model, datamodule
@@ -87,7 +87,7 @@ def run_probe(cfg: DictConfig, record: dict[str, Any]) -> None:
     """The few-shot evaluation of `cfg.ckpt_path` on `cfg.data`; fills `record` (results.json)."""
     options = probe_options(cfg)  # before anything is loaded
     shots, draws, seed = [int(n) for n in options["shots"]], int(options["draws"]), int(options["seed"])
-    model, datamodule = load_backbone(cfg)
+    model, datamodule = load_model(cfg)
     num_classes = int(datamodule.num_classes)
     labels = dataset_labels(datamodule.train_set)
     counts = class_counts(labels, num_classes)
