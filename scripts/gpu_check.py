@@ -124,12 +124,20 @@ def checks() -> list[Check]:
             shlex.join([*train, *GPU, *QUIET, "data=shards", f"data.root={packed}", "data.num_workers=4", *two_epochs]),
         ]
     )
+    look_inside = ["callbacks=probe", "eval.tta=flip", "model/step_size=scalar", "model/head=memory_ode"]
     return [
         Check("fit_bf16", "default fit, trainer=gpu, bf16-mixed", [*train, *GPU, *QUIET], 150, run_results(1)),
         Check(
             "fit_fp16",
             "default fit, trainer=gpu, 16-mixed (gradient scaler)",
             [*train, *GPU, "trainer.precision=16-mixed", *QUIET],
+            150,
+            run_results(1),
+        ),
+        Check(
+            "look_inside",
+            "bf16 fit + test with callbacks=probe, eval.tta=flip, ODE figures: test logits gathered on CUDA",
+            [*train, *GPU, *QUIET, *look_inside],
             150,
             run_results(1),
         ),
