@@ -179,6 +179,11 @@ def test_a_monitor_on_top5_is_refused_before_training_where_no_top5_is_logged(k:
     with pytest.raises(ConfigError, match=r"^EarlyStopping monitors val/acc_top5, but this data has 5 classes"):
         trainer.fit(module, loader, loader)
     assert trainer.global_step == 0
+    swept = ClassificationModule(Linear(k, (3, 4, 4)), k, {"opt": "sgd"}, config={"optimised_metric": "val/acc_top5"})
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, max_epochs=1,
+                         enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^optimised_metric is val/acc_top5, but this data has 5 classes"):
+        trainer.fit(swept, loader, loader)
 
 
 # --- metrics/test.json and the figures ---------------------------------------------------------------------------

@@ -112,12 +112,15 @@ class ClassificationModule(pl.LightningModule):
 
     def _refuse_absent_top5_monitor(self) -> None:
         """With 5 classes or fewer no `*/acc_top5` is logged: a checkpoint or early-stopping monitor on it would
-        fail after the first epoch with Lightning's traceback; one paragraph now instead."""
-        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
-            monitor = getattr(callback, "monitor", None)
+        fail after the first epoch with Lightning's traceback, a sweep on it would find no metric; one paragraph
+        now instead."""
+        config = self.hparams.config or {}
+        watchers = [(type(c).__name__, "monitors", getattr(c, "monitor", None)) for c in self.trainer.callbacks]
+        watchers += [("optimised_metric", "is", config.get(k)) for k in ("optimised_metric", "optimized_metric")]
+        for who, verb, monitor in watchers:
             if isinstance(monitor, str) and monitor.endswith("/acc_top5"):
                 raise ConfigError(
-                    f"{type(callback).__name__} monitors {monitor}, but this data has {self.hparams.num_classes} "
+                    f"{who} {verb} {monitor}, but this data has {self.hparams.num_classes} "
                     f"classes and top-{TOP_K} accuracy is logged only with more than {TOP_K} (with fewer it is 1 by "
                     "construction). Monitor val/acc or val/loss instead."
                 )
